@@ -1,0 +1,162 @@
+"""``dlaas classify``: upload files and folders as one job, follow it, print the labels."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+class ClientError(Exception):
+    """The service refused the upload or could not be reached."""
+
+
+def collect_files(paths: Sequence[str]) -> list[Path]:
+    """Files as given, plus the images found (recursively) in folders, in a stable order."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(
+                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            )
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ClientError(f"{raw}: no such file or folder")
+    if not found:
+        raise ClientError("no images found in the given paths")
+    return found
+
+
+def multipart_body(files: Sequence[Path], boundary: str, progress: Any = None, task: Any = None) -> Iterator[bytes]:
+    """Stream a multipart body one file at a time, so a big folder never sits in memory."""
+    for path in files:
+        name = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
+        yield (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        yield path.read_bytes()
+        yield b"\r\n"
+        if progress is not None:
+            progress.advance(task)
+    yield f"--{boundary}--\r\n".encode()
+
+
+def upload(client: httpx.Client, files: Sequence[Path], progress: Any = None, task: Any = None) -> dict[str, Any]:
+    boundary = uuid.uuid4().hex
+    response = client.post(
+        "/v1/jobs",
+        content=multipart_body(files, boundary, progress, task),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    if response.status_code != 202:
+        raise ClientError(_describe_error(response))
+    return dict(response.json())
+
+
+def follow(client: httpx.Client, job_id: str, progress: Any = None, task: Any = None) -> list[dict[str, Any]]:
+    """Read the job's event stream until its ``end`` event; return every result."""
+    results: dict[str, dict[str, Any]] = {}
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        if response.status_code != 200:
+            response.read()
+            raise ClientError(_describe_error(response))
+        event = ""
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "result":
+                result = json.loads(line[5:])
+                if result["image_id"] not in results and progress is not None:
+                    progress.advance(task)
+                results[result["image_id"]] = result
+            elif line.startswith("data:") and event == "end":
+                break
+    return list(results.values())
+
+
+def run_classify(paths: Sequence[str], *, url: str, output: str | None, timeout_s: float) -> int:
+    console = Console(stderr=True)
+    try:
+        files = collect_files(paths)
+        with (
+            httpx.Client(base_url=url, timeout=httpx.Timeout(timeout_s, connect=10.0)) as client,
+            Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=console, transient=output is None,
+            ) as progress,
+        ):
+            up = progress.add_task("uploading", total=len(files))
+            job = upload(client, files, progress, up)
+            done = progress.add_task("classifying", total=len(files))
+            results = follow(client, job["job_id"], progress, done)
+    except (ClientError, httpx.HTTPError) as exc:
+        console.print(f"[red]dlaas classify: {exc}[/red]")
+        return 2
+    order = {image["image_id"]: n for n, image in enumerate(job["images"])}
+    results.sort(key=lambda r: order.get(r["image_id"], 0))
+    if output:
+        write_results(results, Path(output))
+        console.print(f"wrote {len(results)} results to {output}")
+    else:
+        print_table(results, console=Console())
+    failed = sum(1 for r in results if r["status"] != "done")
+    if failed:
+        console.print(f"[red]{failed} of {len(results)} images failed[/red]")
+    return 1 if failed else 0
+
+
+def print_table(results: Sequence[dict[str, Any]], console: Console) -> None:
+    table = Table("file", "label", "score", "runner-up")
+    for r in results:
+        preds = r.get("predictions") or []
+        if r["status"] != "done" or not preds:
+            table.add_row(r.get("filename", ""), f"[red]failed: {r.get('error')}[/red]", "", "")
+            continue
+        second = f"{preds[1]['label']} ({preds[1]['score']:.2f})" if len(preds) > 1 else ""
+        table.add_row(r.get("filename", ""), preds[0]["label"], f"{preds[0]['score']:.3f}", second)
+    console.print(table)
+
+
+def write_results(results: Sequence[dict[str, Any]], path: Path) -> None:
+    if path.suffix.lower() == ".json":
+        path.write_text(json.dumps(list(results), indent=2))
+        return
+    if path.suffix.lower() != ".csv":
+        raise ClientError(f"--output must end in .csv or .json, not {path.suffix!r}")
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        header = ["filename", "image_id", "status", "error"]
+        for k in range(1, 6):
+            header += [f"label_{k}", f"score_{k}"]
+        writer.writerow(header)
+        for r in results:
+            row = [r.get("filename", ""), r["image_id"], r["status"], r.get("error") or ""]
+            for p in (r.get("predictions") or [])[:5]:
+                row += [p["label"], f"{p['score']:.6f}"]
+            writer.writerow(row)
+
+
+def _describe_error(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return f"HTTP {response.status_code} {body.get('error')}: {body.get('detail')}"
+    except ValueError:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run_classify(sys.argv[1:], url="http://127.0.0.1:8000", output=None, timeout_s=600))

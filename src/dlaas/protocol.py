@@ -1,0 +1,126 @@
+"""What crosses process boundaries: storage keys, queue bodies and result records.
+
+Bodies carry only IDs and keys (as in the seed), so no queue ever sees image bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ResultStatus = Literal["done", "failed"]
+
+
+def new_id() -> str:
+    """A 32-hex-character random ID, safe as a storage-key segment."""
+    return uuid.uuid4().hex
+
+
+def input_key(job_id: str, image_id: str) -> str:
+    return f"inputs/{job_id}/{image_id}"
+
+
+def result_key(job_id: str, image_id: str) -> str:
+    return f"results/{job_id}/{image_id}.json"
+
+
+def results_prefix(job_id: str) -> str:
+    return f"results/{job_id}/"
+
+
+def manifest_key(job_id: str) -> str:
+    return f"jobs/{job_id}.json"
+
+
+def worker_key(worker_id: str) -> str:
+    """The worker's heartbeat record, read by launchers and the stats endpoint."""
+    return f"workers/{worker_id}.json"
+
+
+def drain_key(worker_id: str) -> str:
+    """If this object exists, the worker finishes the batch in hand and exits."""
+    return f"workers/{worker_id}.drain"
+
+
+@dataclass(frozen=True)
+class Task:
+    """The input-queue body: one image to classify."""
+
+    job_id: str
+    image_id: str
+    key: str
+    reply_to: str | None = None  # name of a sibling queue to notify, if any
+    enqueued_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, body: str) -> Task:
+        data = json.loads(body)
+        return cls(
+            job_id=str(data["job_id"]),
+            image_id=str(data["image_id"]),
+            key=str(data["key"]),
+            reply_to=data.get("reply_to"),
+            enqueued_at=float(data.get("enqueued_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The reply-queue body: a pointer to a result that is already stored."""
+
+    job_id: str
+    image_id: str
+    status: ResultStatus
+    result_key: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, body: str) -> Reply:
+        data = json.loads(body)
+        status: ResultStatus = "failed" if data["status"] == "failed" else "done"
+        return cls(
+            job_id=str(data["job_id"]),
+            image_id=str(data["image_id"]),
+            status=status,
+            result_key=str(data["result_key"]),
+        )
+
+
+def result_record(
+    *,
+    job_id: str,
+    image_id: str,
+    status: ResultStatus,
+    model: str,
+    worker_id: str,
+    predictions: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+    timings_ms: dict[str, float] | None = None,
+    enqueued_at: float | None = None,
+) -> dict[str, Any]:
+    """The JSON stored at ``result_key``: top-k predictions or the failure reason."""
+    return {
+        "job_id": job_id,
+        "image_id": image_id,
+        "status": status,
+        "predictions": predictions or [],
+        "error": error,
+        "model": model,
+        "worker_id": worker_id,
+        "timings_ms": timings_ms or {},
+        "enqueued_at": enqueued_at,
+        "completed_at": time.time(),
+    }
+
+
+def short_label(label: str) -> str:
+    """``"tabby, tabby cat"`` -> ``"tabby"``: the first name of the class."""
+    return label.split(",", 1)[0].strip()

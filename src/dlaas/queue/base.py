@@ -1,0 +1,103 @@
+"""The queue interface, with SQS semantics so the same worker code runs on SQS.
+
+A received message is invisible to others until its visibility timeout ends; the
+receiver deletes it when done or it comes back. A message received more than
+``max_receives`` times goes to the dead-letter queue instead of being delivered.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+DEFAULT_MAX_RECEIVES = 5
+DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
+DLQ_SUFFIX = "-dlq"
+
+
+@dataclass(frozen=True)
+class Message:
+    """One delivery of a message. ``receipt`` is valid only for this delivery."""
+
+    id: str
+    body: str
+    receipt: str
+    receive_count: int
+    sent_at: float  # epoch seconds when first sent
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    visible: int
+    in_flight: int
+    oldest_age_s: float  # age of the oldest message not yet deleted; 0.0 when empty
+    dead_lettered: int = 0
+
+
+class Queue(ABC):
+    """A named queue. ``sibling(name)`` opens another queue on the same backend.
+
+    Reply queues and the dead-letter queue are siblings, so a message can name its
+    reply queue by ``name`` alone.
+    """
+
+    name: str
+    url: str
+    max_receives: int = DEFAULT_MAX_RECEIVES
+
+    def send(self, body: str) -> str:
+        """Enqueue one message; return its ID."""
+        return self.send_batch([body])[0]
+
+    @abstractmethod
+    def send_batch(self, bodies: Sequence[str]) -> list[str]:
+        """Enqueue all bodies or none of them; return their IDs in order."""
+
+    @abstractmethod
+    def receive(
+        self,
+        max_messages: int = 1,
+        wait_time_s: float = 0.0,
+        visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+    ) -> list[Message]:
+        """Return up to ``max_messages``; wait up to ``wait_time_s`` for the first one.
+
+        Returns ``[]`` on timeout. Never spins: waiting sleeps or blocks.
+        """
+
+    @abstractmethod
+    def delete(self, receipt: str) -> None:
+        """Delete a received message. A stale receipt is ignored (idempotent)."""
+
+    def delete_batch(self, receipts: Sequence[str]) -> None:
+        for receipt in receipts:
+            self.delete(receipt)
+
+    @abstractmethod
+    def change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
+        """Extend (heartbeat) or shorten a received message's invisibility.
+
+        Raises ReceiptInvalid when the receipt is stale.
+        """
+
+    @abstractmethod
+    def stats(self) -> QueueStats: ...
+
+    @abstractmethod
+    def sibling(self, name: str) -> Queue:
+        """Open (creating if needed) the queue ``name`` on the same backend."""
+
+    @abstractmethod
+    def purge(self) -> None:
+        """Drop every message."""
+
+    def destroy(self) -> None:
+        """Delete the queue itself (used for stale reply queues). Default: purge."""
+        self.purge()
+
+    def dead_letter(self) -> Queue:
+        return self.sibling(self.name + DLQ_SUFFIX)
+
+    def close(self) -> None:
+        """Release connections; the default has none."""

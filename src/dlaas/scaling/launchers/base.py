@@ -1,0 +1,46 @@
+"""The launcher interface: it makes the controller's desired worker count real.
+
+Launchers never decide how many workers to run (the policy does) and never kill a
+busy worker: scale-in is by ``drain`` (finish the batch in hand, then exit) or by the
+worker's own idle exit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class WorkerState(StrEnum):
+    STARTING = "starting"  # launched, not yet taking messages (booting, loading the model)
+    RUNNING = "running"
+    DRAINING = "draining"  # asked to stop; finishing the batch in hand
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    state: WorkerState
+    started_at: float  # epoch seconds
+    busy: bool | None = None  # None when the launcher cannot tell
+
+
+class Launcher(ABC):
+    """Starts and drains workers; ``list`` is the launcher's view of what is alive."""
+
+    @abstractmethod
+    def list(self) -> list[WorkerInfo]:
+        """Workers that are starting, running or draining (not the ones gone)."""
+
+    @abstractmethod
+    def launch(self, n: int) -> list[str]:
+        """Start ``n`` more workers; return their IDs."""
+
+    @abstractmethod
+    def drain(self, worker_ids: Sequence[str]) -> None:
+        """Ask these workers to finish the batch in hand and exit."""
+
+    def close(self) -> None:
+        """Stop tracking; local launchers also drain what they started."""

@@ -1,0 +1,101 @@
+"""The object-store interface.
+
+Backends implement five primitives (``_put``, ``_get``, ``_exists``, ``_delete``, ``_list``);
+key validation and the JSON helpers live here so every backend gets them for free.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+from dlaas.errors import InvalidKey
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9._=-]+$")
+MAX_KEY_LENGTH = 512
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative key like ``inputs/<job>/<image>``.
+
+    User-supplied filenames never become keys; keys are built from IDs we generate.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("storage key must be a non-empty string")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"storage key is longer than {MAX_KEY_LENGTH} characters")
+    if "\x00" in key:
+        raise InvalidKey("storage key contains a NUL byte")
+    if key.startswith("/") or key.startswith("\\"):
+        raise InvalidKey(f"storage key {key!r} is absolute; use a relative key")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidKey(f"storage key {key!r} has an empty, '.' or '..' segment")
+        if not _SEGMENT.match(segment):
+            raise InvalidKey(
+                f"storage key {key!r} has characters outside [A-Za-z0-9._=-] in {segment!r}"
+            )
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """A list prefix is a key, a key followed by ``/``, or empty."""
+    if prefix == "":
+        return prefix
+    validate_key(prefix.rstrip("/"))
+    return prefix
+
+
+class Storage(ABC):
+    """A flat object store addressed by ``/``-separated keys.
+
+    ``put`` is atomic: a concurrent ``get`` sees the old object, the new one, or
+    ObjectNotFound, never half an object.
+    """
+
+    url: str = ""
+
+    def put(self, key: str, data: bytes) -> None:
+        self._put(validate_key(key), bytes(data))
+
+    def get(self, key: str) -> bytes:
+        """Return the object; raise ObjectNotFound if there is none."""
+        return self._get(validate_key(key))
+
+    def exists(self, key: str) -> bool:
+        return self._exists(validate_key(key))
+
+    def delete(self, key: str) -> None:
+        """Delete the object; deleting a missing key is not an error."""
+        self._delete(validate_key(key))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Return every key that starts with ``prefix``, sorted."""
+        return sorted(self._list(validate_prefix(prefix)))
+
+    def put_json(self, key: str, value: Any) -> None:
+        self.put(key, json.dumps(value, separators=(",", ":")).encode())
+
+    def get_json(self, key: str) -> Any:
+        return json.loads(self.get(key))
+
+    def close(self) -> None:
+        """Release connections; the default has none."""
+
+    @abstractmethod
+    def _put(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def _list(self, prefix: str) -> Iterator[str]: ...

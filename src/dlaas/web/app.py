@@ -1,0 +1,331 @@
+"""The HTTP API: upload jobs, read results (poll, stream, or wait), health and stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from dlaas import __version__, protocol
+from dlaas.errors import DlaasError, WebError
+from dlaas.queue.base import Queue
+from dlaas.settings import Settings
+from dlaas.storage.base import Storage
+from dlaas.web.ingest import JobService, PendingJob
+from dlaas.web.replies import ReplyHub
+
+log = logging.getLogger("dlaas.web")
+
+STREAM_POLL_S = 2.0  # fallback storage check for results delivered to another web process
+
+
+def create_app(
+    settings: Settings,
+    storage: Storage,
+    queue: Queue,
+    *,
+    stats_provider: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """Build the app around already-open backends; ``stats_provider`` is the controller's."""
+    hub = ReplyHub(queue, storage)
+    service = JobService(
+        storage, queue, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        hub.start(asyncio.get_running_loop())
+        try:
+            yield
+        finally:
+            await run_in_threadpool(hub.stop)
+
+    app = FastAPI(
+        title="dlaas",
+        version=__version__,
+        summary="Image classification as a service: upload images, get ImageNet labels.",
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+    app.state.service = service
+    app.state.settings = settings
+
+    # Errors: every refusal is {"error": ..., "detail": ...} --------------------
+
+    @app.exception_handler(WebError)
+    async def _web_error(_request: Request, exc: WebError) -> JSONResponse:
+        body: dict[str, Any] = {"error": exc.error, "detail": exc.detail}
+        body.update(exc.extra)
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(DlaasError)
+    async def _backend_error(_request: Request, exc: DlaasError) -> JSONResponse:
+        log.error("backend_error", extra={"error": str(exc)})
+        return JSONResponse(
+            {"error": "backend_unavailable", "detail": f"{exc}; try again shortly"},
+            status_code=503,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse({"error": "bad_request", "detail": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": _slug(exc.status_code), "detail": str(exc.detail)}, status_code=exc.status_code
+        )
+
+    # Upload helpers ----------------------------------------------------------
+
+    def check_length(request: Request, limit_bytes: int) -> None:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit_bytes:
+            raise WebError(
+                413,
+                "request_too_large",
+                f"the request is {int(length) / 1e6:.1f} MB; the limit is {limit_bytes / 1e6:.1f} MB",
+            )
+
+    async def form_files(request: Request, field: str, max_files: int) -> list[UploadFile]:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise WebError(
+                415,
+                "multipart_required",
+                f"send the image as multipart/form-data in the field {field!r}",
+            )
+        try:
+            form = await request.form(max_files=max_files, max_fields=100)
+        except StarletteHTTPException as exc:
+            raise WebError(400, "bad_multipart", str(exc.detail)) from None
+        files = [v for v in form.getlist(field) if isinstance(v, UploadFile)]
+        if not files:
+            raise WebError(
+                400, "no_files", f"no file in the multipart field {field!r}; send the image there"
+            )
+        return files
+
+    async def read_upload(upload: UploadFile) -> bytes:
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise WebError(
+                413,
+                "file_too_large",
+                f"{upload.filename!r} is over the {settings.max_upload_mb:g} MB limit "
+                "(raise it with --max-upload-mb)",
+            )
+        return data
+
+    async def classify_one(request: Request, field: str, timeout_s: float) -> dict[str, Any]:
+        check_length(request, settings.max_upload_bytes + 1024 * 1024)
+        upload = (await form_files(request, field, max_files=1))[0]
+        data = await read_upload(upload)
+        job = PendingJob()
+        image_id = protocol.new_id()
+        future = hub.expect(image_id)
+        try:
+            await run_in_threadpool(_submit_one, service, job, upload.filename or "upload", data, image_id, hub.name)
+        except BaseException:
+            hub.forget(image_id)
+            raise
+        try:
+            reply = await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            hub.forget(image_id)
+            exc = WebError(
+                504,
+                "timeout",
+                f"no result within {timeout_s:g} s; the image is queued, poll "
+                f"GET /v1/jobs/{job.job_id} for it",
+            )
+            exc.extra = {"job_id": job.job_id, "image_id": image_id}
+            raise exc from None
+        result = await run_in_threadpool(service.result, reply.job_id, reply.image_id)
+        result["filename"] = job.images[0]["filename"]
+        return result
+
+    # Routes ------------------------------------------------------------------
+
+    @app.post("/v1/jobs", status_code=202, tags=["jobs"])
+    async def create_job(request: Request) -> JSONResponse:
+        """Upload one or many images (multipart field ``files``) as one job."""
+        check_length(request, settings.max_upload_bytes * 64 + 1024 * 1024 * 1024)
+        uploads = await form_files(request, "files", max_files=settings.max_files_per_job)
+        job = PendingJob()
+        try:
+            for upload in uploads:
+                data = await read_upload(upload)
+                await run_in_threadpool(service.add, job, upload.filename or "upload", data)
+            manifest = await run_in_threadpool(service.commit, job, hub.name)
+        except BaseException:
+            await run_in_threadpool(service.abort, job)
+            raise
+        images = [{"image_id": i["image_id"], "filename": i["filename"]} for i in manifest["images"]]
+        return JSONResponse({"job_id": job.job_id, "images": images}, status_code=202)
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    async def get_job(job_id: str) -> dict[str, Any]:
+        """Status counts and every result so far; works from any web process."""
+        return await run_in_threadpool(service.status, job_id)
+
+    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"])
+    async def job_events(job_id: str, request: Request) -> StreamingResponse:
+        """Server-Sent Events: one ``result`` event per image, then ``end``."""
+        manifest = await run_in_threadpool(service.manifest, job_id)
+        inbox = hub.subscribe(job_id)
+
+        async def stream() -> AsyncIterator[str]:
+            total = len(manifest["images"])
+            seen: set[str] = set()
+            counts = {"done": 0, "failed": 0}
+            names = {i["image_id"]: i["filename"] for i in manifest["images"]}
+
+            def emit(result: dict[str, Any]) -> str:
+                seen.add(result["image_id"])
+                counts[result["status"]] = counts.get(result["status"], 0) + 1
+                result["filename"] = names.get(result["image_id"], "")
+                return _sse("result", result)
+
+            try:
+                yield _sse("job", {"job_id": job_id, "total": total, "images": manifest["images"]})
+                for result in await run_in_threadpool(service.results, job_id):
+                    yield emit(result)
+                while len(seen) < total:
+                    if await request.is_disconnected():
+                        return
+                    try:
+                        reply = await asyncio.wait_for(inbox.get(), STREAM_POLL_S)
+                    except TimeoutError:
+                        for result in await run_in_threadpool(service.results, job_id, seen):
+                            yield emit(result)
+                        yield ": keep-alive\n\n"
+                        continue
+                    if reply.image_id in seen:
+                        continue
+                    result = await run_in_threadpool(service.result, job_id, reply.image_id)
+                    yield emit(result)
+                yield _sse("end", {"job_id": job_id, "total": total, **counts})
+            finally:
+                hub.unsubscribe(job_id, inbox)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/v1/classify", tags=["classify"])
+    async def classify(
+        request: Request,
+        timeout_s: float = Query(settings.classify_timeout_s, gt=0, le=3600),
+    ) -> dict[str, Any]:
+        """Classify one image (multipart field ``file``) and wait for its top-5."""
+        return await classify_one(request, "file", timeout_s)
+
+    @app.post("/", response_class=PlainTextResponse, tags=["classify"])
+    async def classify_compat(request: Request) -> PlainTextResponse:
+        """Workload-generator compatibility: field ``myfile`` in, top-1 short label out."""
+        result = await classify_one(request, "myfile", settings.classify_timeout_s)
+        if result["status"] != "done":
+            raise WebError(422, "undecodable_image", result.get("error") or "the image could not be read")
+        return PlainTextResponse(protocol.short_label(result["predictions"][0]["label"]))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(_static_text("index.html"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        media = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
+        suffix = name.rsplit(".", 1)[-1]
+        if "/" in name or suffix not in media:
+            raise WebError(404, "not_found", f"no static file {name!r}")
+        try:
+            text = _static_text(name)
+        except FileNotFoundError:
+            raise WebError(404, "not_found", f"no static file {name!r}") from None
+        return Response(text, media_type=media[suffix], headers={"Cache-Control": "no-cache"})
+
+    @app.get("/v1/stats", tags=["ops"])
+    async def stats() -> dict[str, Any]:
+        """Queue depth, workers desired/running/starting, and recent history."""
+        if stats_provider is not None:
+            return stats_provider()
+        qs = await run_in_threadpool(queue.stats)
+        return {
+            "mode": "external",
+            "queue": {
+                "visible": qs.visible,
+                "in_flight": qs.in_flight,
+                "oldest_age_s": qs.oldest_age_s,
+                "dead_lettered": qs.dead_lettered,
+            },
+            "workers": {},
+            "history": [],
+        }
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        """Storage and queue answer, and replies are being read."""
+        checks: dict[str, str] = {}
+        try:
+            await run_in_threadpool(storage.exists, "jobs/readyz-probe")
+            checks["storage"] = "ok"
+        except DlaasError as exc:
+            checks["storage"] = str(exc)
+        try:
+            await run_in_threadpool(queue.stats)
+            checks["queue"] = "ok"
+        except DlaasError as exc:
+            checks["queue"] = str(exc)
+        checks["replies"] = "ok" if hub.alive else "reply reader is not running"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    return app
+
+
+def _submit_one(
+    service: JobService, job: PendingJob, filename: str, data: bytes, image_id: str, reply_to: str
+) -> None:
+    try:
+        service.add(job, filename, data, image_id=image_id)
+        service.commit(job, reply_to)
+    except BaseException:
+        service.abort(job)
+        raise
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _slug(status_code: int) -> str:
+    return {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+        status_code, f"http_{status_code}"
+    )
+
+
+def _static_text(name: str) -> str:
+    return resources.files("dlaas.web").joinpath("static", name).read_text(encoding="utf-8")
+

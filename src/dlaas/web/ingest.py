@@ -1,0 +1,171 @@
+"""Accepting a job: validate, store every image, write the manifest, then enqueue.
+
+A job is visible to workers only after all of it is stored, and the enqueue is one
+``send_batch``, so a client that gets 202 has a whole job and one that gets an error
+has none: a failure part-way removes what was already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlaas import protocol
+from dlaas.errors import DlaasError, ObjectNotFound, WebError
+from dlaas.queue.base import Queue
+from dlaas.storage.base import Storage
+from dlaas.web.validate import check_image
+
+log = logging.getLogger("dlaas.web")
+
+
+@dataclass
+class PendingJob:
+    """A job being assembled one file at a time, so only one image is in memory."""
+
+    job_id: str = field(default_factory=protocol.new_id)
+    images: list[dict[str, Any]] = field(default_factory=list)
+    stored_keys: list[str] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+
+
+class JobService:
+    def __init__(
+        self,
+        storage: Storage,
+        queue: Queue,
+        *,
+        max_bytes: int,
+        max_pixels: int,
+        on_accepted: Callable[[int], None] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.queue = queue
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.on_accepted = on_accepted
+
+    def add(
+        self, job: PendingJob, filename: str, data: bytes, image_id: str | None = None
+    ) -> dict[str, Any]:
+        """Validate and store one image of ``job``; raises WebError naming the file."""
+        try:
+            info = check_image(data, filename, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+        except WebError as exc:
+            exc.detail = f"{exc.detail} (file {len(job.images) + 1} of the upload)"
+            raise
+        image_id = image_id or protocol.new_id()
+        key = protocol.input_key(job.job_id, image_id)
+        self.storage.put(key, data)
+        job.stored_keys.append(key)
+        image = {
+            "image_id": image_id,
+            "filename": _display_name(filename),
+            "format": info.format,
+            "width": info.width,
+            "height": info.height,
+            "size_bytes": info.size_bytes,
+        }
+        job.images.append(image)
+        return image
+
+    def commit(self, job: PendingJob, reply_to: str | None) -> dict[str, Any]:
+        """Write the manifest and enqueue every image in one batch."""
+        if not job.images:
+            raise WebError(400, "no_files", "the upload holds no files; send one or more images")
+        manifest = {
+            "job_id": job.job_id,
+            "created_at": job.created_at,
+            "images": job.images,
+        }
+        key = protocol.manifest_key(job.job_id)
+        self.storage.put_json(key, manifest)
+        job.stored_keys.append(key)
+        now = time.time()
+        tasks = [
+            protocol.Task(
+                job_id=job.job_id,
+                image_id=image["image_id"],
+                key=protocol.input_key(job.job_id, image["image_id"]),
+                reply_to=reply_to,
+                enqueued_at=now,
+            ).to_json()
+            for image in job.images
+        ]
+        self.queue.send_batch(tasks)
+        for image in job.images:
+            log.info("image_accepted", extra={"job_id": job.job_id, "image_id": image["image_id"]})
+        if self.on_accepted:
+            self.on_accepted(len(job.images))
+        return manifest
+
+    def abort(self, job: PendingJob) -> None:
+        """Remove what a failed upload stored; best effort, the job was never enqueued."""
+        for key in job.stored_keys:
+            try:
+                self.storage.delete(key)
+            except DlaasError:
+                log.warning("abort_cleanup_failed", extra={"job_id": job.job_id, "key": key})
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        try:
+            return dict(self.storage.get_json(protocol.manifest_key(_check_id(job_id))))
+        except ObjectNotFound:
+            raise WebError(404, "job_not_found", f"no job {job_id!r}; check the job_id") from None
+
+    def results(self, job_id: str, skip: Iterable[str] = ()) -> list[dict[str, Any]]:
+        """Stored results of a job, except those whose image IDs are in ``skip``."""
+        seen = set(skip)
+        out = []
+        for key in self.storage.list(protocol.results_prefix(_check_id(job_id))):
+            image_id = key.rsplit("/", 1)[-1].removesuffix(".json")
+            if image_id in seen:
+                continue
+            try:
+                out.append(dict(self.storage.get_json(key)))
+            except ObjectNotFound:
+                continue
+        return out
+
+    def result(self, job_id: str, image_id: str) -> dict[str, Any]:
+        return dict(self.storage.get_json(protocol.result_key(job_id, image_id)))
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        manifest = self.manifest(job_id)
+        results = self.results(job_id)
+        return job_status(manifest, results)
+
+
+def job_status(manifest: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    names = {image["image_id"]: image["filename"] for image in manifest["images"]}
+    done = sum(1 for r in results if r["status"] == "done")
+    failed = sum(1 for r in results if r["status"] == "failed")
+    total = len(manifest["images"])
+    for r in results:
+        r["filename"] = names.get(r["image_id"], "")
+    finished = [r["completed_at"] for r in results if r.get("completed_at")]
+    complete = done + failed >= total
+    return {
+        "job_id": manifest["job_id"],
+        "created_at": manifest["created_at"],
+        "status": "complete" if complete else "running",
+        "counts": {"total": total, "queued": total - done - failed, "done": done, "failed": failed},
+        "elapsed_s": round((max(finished) if complete and finished else time.time()) - manifest["created_at"], 3),
+        "images": manifest["images"],
+        "results": results,
+    }
+
+
+def _check_id(value: str) -> str:
+    if not (len(value) == 32 and all(c in "0123456789abcdef" for c in value)):
+        raise WebError(404, "job_not_found", f"{value!r} is not a job ID; IDs are 32 hex digits")
+    return value
+
+
+def _display_name(filename: str) -> str:
+    """Keep a filename for display only: the last path part, printable, 255 chars at most."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(c for c in name if c.isprintable())[:255] or "upload"

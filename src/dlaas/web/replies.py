@@ -1,0 +1,171 @@
+"""Result delivery to this web process: one reply queue per process, one reader thread.
+
+Each task names this process's reply queue (``dlaas-replies-<id>``); workers send a
+small notification there once the result is stored. The reader thread long-polls the
+queue and wakes whoever waits in the event loop: a synchronous request's future or a
+job's event-stream subscribers. Several web processes can share a store and queue
+because each reads only its own replies; any of them can serve ``GET`` from storage.
+
+Reply queues of web processes that died are removed by the next one to start: each
+hub refreshes ``replies/<name>.json`` and a record older than ``stale_after_s`` marks
+its queue as abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict
+
+from dlaas import protocol
+from dlaas.errors import DlaasError
+from dlaas.queue.base import Queue
+from dlaas.storage.base import Storage
+
+log = logging.getLogger("dlaas.web")
+
+REPLY_PREFIX = "dlaas-replies-"
+
+
+class ReplyHub:
+    def __init__(
+        self,
+        input_queue: Queue,
+        storage: Storage,
+        *,
+        wait_time_s: float = 1.0,
+        refresh_s: float = 30.0,
+        stale_after_s: float = 300.0,
+    ) -> None:
+        self.name = REPLY_PREFIX + protocol.new_id()[:16]
+        self.queue = input_queue.sibling(self.name)
+        self.input_queue = input_queue
+        self.storage = storage
+        self.wait_time_s = wait_time_s
+        self.refresh_s = refresh_s
+        self.stale_after_s = stale_after_s
+        self._waiters: dict[str, asyncio.Future[protocol.Reply]] = {}
+        self._subscribers: defaultdict[str, set[asyncio.Queue[protocol.Reply]]] = defaultdict(set)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.delivered = 0
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._register()
+        self._clean_stale()
+        self._thread = threading.Thread(target=self._run, name="reply-hub", daemon=True)
+        self._thread.start()
+        log.info("reply_hub_started", extra={"reply_queue": self.name})
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.wait_time_s + 5)
+        try:
+            self.queue.destroy()
+            self.storage.delete(self._record_key(self.name))
+        except DlaasError as exc:
+            log.warning("reply_hub_cleanup_failed", extra={"error": str(exc)})
+
+    # Event-loop side ---------------------------------------------------------
+
+    def expect(self, image_id: str) -> asyncio.Future[protocol.Reply]:
+        """Register interest before enqueueing, so a fast reply cannot be missed."""
+        assert self._loop is not None, "ReplyHub.start() was not called"
+        future: asyncio.Future[protocol.Reply] = self._loop.create_future()
+        self._waiters[image_id] = future
+        return future
+
+    def forget(self, image_id: str) -> None:
+        self._waiters.pop(image_id, None)
+
+    def subscribe(self, job_id: str) -> asyncio.Queue[protocol.Reply]:
+        inbox: asyncio.Queue[protocol.Reply] = asyncio.Queue()
+        self._subscribers[job_id].add(inbox)
+        return inbox
+
+    def unsubscribe(self, job_id: str, inbox: asyncio.Queue[protocol.Reply]) -> None:
+        subs = self._subscribers.get(job_id)
+        if subs is not None:
+            subs.discard(inbox)
+            if not subs:
+                del self._subscribers[job_id]
+
+    def _dispatch(self, replies: list[protocol.Reply]) -> None:
+        for reply in replies:
+            future = self._waiters.pop(reply.image_id, None)
+            if future is not None and not future.done():
+                future.set_result(reply)
+            for inbox in self._subscribers.get(reply.job_id, ()):
+                inbox.put_nowait(reply)
+
+    # Reader thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        next_refresh = time.monotonic() + self.refresh_s
+        while not self._stop.is_set():
+            try:
+                messages = self.queue.receive(
+                    max_messages=100, wait_time_s=self.wait_time_s, visibility_timeout_s=30
+                )
+            except DlaasError as exc:
+                log.warning("reply_receive_failed", extra={"error": str(exc)})
+                self._stop.wait(1.0)
+                continue
+            if messages:
+                replies = []
+                for message in messages:
+                    try:
+                        replies.append(protocol.Reply.from_json(message.body))
+                    except (ValueError, KeyError) as exc:
+                        log.warning("malformed_reply", extra={"error": str(exc)})
+                if replies and self._loop is not None and not self._loop.is_closed():
+                    self._loop.call_soon_threadsafe(self._dispatch, replies)
+                    self.delivered += len(replies)
+                try:
+                    self.queue.delete_batch([m.receipt for m in messages])
+                except DlaasError as exc:
+                    log.warning("reply_delete_failed", extra={"error": str(exc)})
+            if time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + self.refresh_s
+                self._register()
+
+    # Stale reply queues ------------------------------------------------------
+
+    @staticmethod
+    def _record_key(name: str) -> str:
+        return f"replies/{name}.json"
+
+    def _register(self) -> None:
+        try:
+            self.storage.put_json(self._record_key(self.name), {"queue": self.name, "updated_at": time.time()})
+        except DlaasError as exc:
+            log.warning("reply_register_failed", extra={"error": str(exc)})
+
+    def _clean_stale(self) -> None:
+        try:
+            keys = self.storage.list("replies/")
+        except DlaasError:
+            return
+        now = time.time()
+        for key in keys:
+            try:
+                record = self.storage.get_json(key)
+                if now - float(record["updated_at"]) < self.stale_after_s:
+                    continue
+                name = str(record["queue"])
+                if not name.startswith(REPLY_PREFIX) or name == self.name:
+                    continue
+                self.input_queue.sibling(name).destroy()
+                self.storage.delete(key)
+                log.info("stale_reply_queue_removed", extra={"reply_queue": name})
+            except (DlaasError, KeyError, ValueError, TypeError):
+                continue

@@ -1,0 +1,113 @@
+"""Liveness for a batch in hand (visibility heartbeats) and for the worker (health record)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from dlaas import protocol
+from dlaas.errors import DlaasError, ReceiptInvalid
+from dlaas.queue.base import Queue
+from dlaas.storage.base import Storage
+
+log = logging.getLogger("dlaas.worker")
+
+
+class VisibilityHeartbeat:
+    """Keeps a batch's messages invisible while it runs, however long that takes.
+
+    Extends every receipt to ``visibility_timeout_s`` each third of that period, so a
+    slow batch is never handed to a second worker, while a dead worker's messages still
+    come back within one timeout.
+    """
+
+    def __init__(self, queue: Queue, receipts: Sequence[str], visibility_timeout_s: float) -> None:
+        self.queue = queue
+        self.receipts = list(receipts)
+        self.visibility_timeout_s = visibility_timeout_s
+        self.interval_s = max(0.2, visibility_timeout_s / 3)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="visibility-heartbeat", daemon=True)
+        self.beats = 0
+
+    def __enter__(self) -> VisibilityHeartbeat:
+        if self.receipts:
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.interval_s):
+            for receipt in self.receipts:
+                try:
+                    self.queue.change_visibility(receipt, self.visibility_timeout_s)
+                except ReceiptInvalid:
+                    log.warning("heartbeat_lost_message", extra={"receipt": receipt[:16]})
+                except DlaasError as exc:
+                    log.warning("heartbeat_failed", extra={"error": str(exc)})
+            self.beats += 1
+
+
+class HealthRecord:
+    """The worker's record at ``workers/<id>.json``: state, counters, last batch time.
+
+    Launchers read it to tell a busy worker from an idle one; the stats endpoint reads
+    it to show the fleet. It is written on every state change (so "idle" is never stale
+    while a batch runs) and otherwise at most once per ``min_interval_s``.
+    """
+
+    def __init__(self, storage: Storage, worker_id: str, min_interval_s: float = 1.0) -> None:
+        self.storage = storage
+        self.worker_id = worker_id
+        self.min_interval_s = min_interval_s
+        self.record: dict[str, Any] = {
+            "worker_id": worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "state": "starting",
+            "started_at": time.time(),
+            "updated_at": time.time(),
+            "last_batch_at": None,
+            "batches": 0,
+            "images": 0,
+            "failed": 0,
+        }
+        self._last_write = 0.0
+
+    def update(self, *, force: bool = False, **fields: Any) -> None:
+        changed_state = "state" in fields and fields["state"] != self.record["state"]
+        self.record.update(fields)
+        now = time.monotonic()
+        if not (force or changed_state or now - self._last_write >= self.min_interval_s):
+            return
+        self._write(now)
+
+    def record_batch(self, *, images: int, failed: int) -> None:
+        self.record["batches"] += 1
+        self.record["images"] += images
+        self.record["failed"] += failed
+        self.record["last_batch_at"] = time.time()
+        self.update(state="idle")
+
+    def _write(self, now: float) -> None:
+        self.record["updated_at"] = time.time()
+        try:
+            self.storage.put_json(protocol.worker_key(self.worker_id), self.record)
+            self._last_write = now
+        except DlaasError as exc:
+            log.warning("health_write_failed", extra={"worker_id": self.worker_id, "error": str(exc)})

@@ -1,0 +1,360 @@
+"""The worker loop.
+
+One model load per process; each iteration receives up to ``batch_size`` messages,
+classifies them in one forward pass, stores each result, notifies the reply queue and
+only then deletes the messages. A crash at any point loses nothing: undeleted messages
+come back after their visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol
+
+import numpy as np
+
+from dlaas import protocol
+from dlaas.errors import DlaasError, ImageError, ObjectNotFound, QueueError, StorageError
+from dlaas.queue.base import Message, Queue
+from dlaas.storage.base import Storage
+from dlaas.worker.heartbeat import HealthRecord, VisibilityHeartbeat
+
+log = logging.getLogger("dlaas.worker")
+
+
+class SupportsClassify(Protocol):
+    name: str
+
+    def preprocess(self, data: bytes) -> np.ndarray: ...
+
+    def predict(self, batch: np.ndarray, top_k: int = 5) -> Sequence[Sequence[Any]]: ...
+
+
+@dataclass
+class _Item:
+    message: Message
+    task: protocol.Task
+    array: np.ndarray | None = None
+    error: str | None = None
+    retry: bool = False  # a transient failure: leave the message for redelivery
+    predictions: list[dict[str, Any]] | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Worker:
+    """Runs until idle for ``idle_timeout_s``, drained, or stopped by a signal."""
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        queue: Queue,
+        classifier: SupportsClassify,
+        worker_id: str,
+        batch_size: int = 16,
+        max_batch_delay_ms: float = 10.0,
+        idle_timeout_s: float = 30.0,
+        visibility_timeout_s: float = 30.0,
+        receive_wait_s: float = 1.0,
+        drain_check_interval_s: float = 1.0,
+        top_k: int = 5,
+        on_busy: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.queue = queue
+        self.classifier = classifier
+        self.worker_id = worker_id
+        self.batch_size = batch_size
+        self.max_batch_delay_s = max_batch_delay_ms / 1000.0
+        self.idle_timeout_s = idle_timeout_s
+        self.visibility_timeout_s = visibility_timeout_s
+        self.receive_wait_s = min(receive_wait_s, idle_timeout_s)
+        self.drain_check_interval_s = drain_check_interval_s
+        self.top_k = top_k
+        self.on_busy = on_busy
+        self.health = HealthRecord(storage, worker_id)
+        self._stop = threading.Event()
+        self._reply_queues: dict[str, Queue] = {}
+        self._next_drain_check = 0.0
+        self.exit_reason = ""
+
+    def stop(self) -> None:
+        """Finish the batch in hand, take no new messages, return from ``run``."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def _handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("stop_requested", extra={"worker_id": self.worker_id, "signal": signum})
+            self.stop()
+
+        signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
+
+    def run(self) -> int:
+        """The main loop. Returns the process exit code (0 for every planned exit)."""
+        self.health.update(state="idle")
+        log.info("worker_ready", extra={"worker_id": self.worker_id, "model": self.classifier.name})
+        idle_since = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if self._drain_requested():
+                    self.exit_reason = "drained"
+                    break
+                batch = self._receive_batch()
+                if self._stop.is_set():
+                    self._release(batch)
+                    break
+                if not batch:
+                    if time.monotonic() - idle_since >= self.idle_timeout_s:
+                        self.exit_reason = "idle"
+                        break
+                    continue
+                self.process(batch)
+                idle_since = time.monotonic()
+        finally:
+            reason = self.exit_reason or "stopped"
+            self.health.update(state="stopped", exit_reason=reason, force=True)
+            log.info("worker_exit", extra={"worker_id": self.worker_id, "reason": reason})
+        return 0
+
+    # Receiving ---------------------------------------------------------------
+
+    def _receive_batch(self) -> list[Message]:
+        """Wait for one message, then give the batch ``max_batch_delay_ms`` to fill."""
+        batch = self.queue.receive(
+            max_messages=self.batch_size,
+            wait_time_s=self.receive_wait_s,
+            visibility_timeout_s=self.visibility_timeout_s,
+        )
+        if not batch:
+            return batch
+        deadline = time.monotonic() + self.max_batch_delay_s
+        while len(batch) < self.batch_size and not self._stop.is_set():
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                break
+            more = self.queue.receive(
+                max_messages=self.batch_size - len(batch),
+                wait_time_s=remaining_s,
+                visibility_timeout_s=self.visibility_timeout_s,
+            )
+            if not more:
+                break
+            batch.extend(more)
+        return batch
+
+    def _release(self, batch: Sequence[Message]) -> None:
+        """Hand messages received after a stop request straight back to other workers."""
+        for message in batch:
+            try:
+                self.queue.change_visibility(message.receipt, 0)
+            except DlaasError:
+                pass  # it reappears after its visibility timeout anyway
+
+    def _drain_requested(self) -> bool:
+        now = time.monotonic()
+        if now < self._next_drain_check:
+            return False
+        self._next_drain_check = now + self.drain_check_interval_s
+        try:
+            return self.storage.exists(protocol.drain_key(self.worker_id))
+        except StorageError:
+            return False
+
+    # Processing --------------------------------------------------------------
+
+    def process(self, batch: list[Message]) -> None:
+        """Classify one batch end to end; see the module docstring for the order."""
+        started = time.monotonic()
+        self.health.update(state="busy")
+        if self.on_busy:
+            self.on_busy(True)
+        try:
+            items = self._parse(batch)
+            with VisibilityHeartbeat(
+                self.queue, [i.message.receipt for i in items], self.visibility_timeout_s
+            ):
+                self._fetch_and_decode(items)
+                infer_ms = self._infer(items)
+                done = self._store_results(items, infer_ms)
+                self._notify(done)
+            self.queue.delete_batch([i.message.receipt for i in done])
+        finally:
+            if self.on_busy:
+                self.on_busy(False)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        failed = sum(1 for i in items if i.error and not i.retry)
+        self.health.record_batch(images=len(batch), failed=failed)
+        log.info(
+            "batch_done",
+            extra={
+                "worker_id": self.worker_id,
+                "batch_size": len(batch),
+                "failed": failed,
+                "retry": sum(1 for i in items if i.retry),
+                "ms": round(elapsed_ms, 2),
+                "infer_ms": round(infer_ms, 2),
+            },
+        )
+
+    def _parse(self, batch: list[Message]) -> list[_Item]:
+        items: list[_Item] = []
+        for message in batch:
+            try:
+                task = protocol.Task.from_json(message.body)
+            except (ValueError, KeyError, TypeError) as exc:
+                self._dead_letter_malformed(message, exc)
+                continue
+            wait_ms = max(0.0, (time.time() - (task.enqueued_at or message.sent_at)) * 1000)
+            items.append(_Item(message, task, timings_ms={"queue_wait": round(wait_ms, 2)}))
+        return items
+
+    def _dead_letter_malformed(self, message: Message, exc: Exception) -> None:
+        """A body we cannot parse will never succeed: park it in the DLQ at once."""
+        log.error(
+            "malformed_message", extra={"message_id": message.id, "error": str(exc)[:200]}
+        )
+        try:
+            self.queue.dead_letter().send(message.body)
+            self.queue.delete(message.receipt)
+        except QueueError:
+            pass  # it will reach the DLQ through max_receives instead
+
+    def _fetch_and_decode(self, items: list[_Item]) -> None:
+        for item in items:
+            t0 = time.perf_counter()
+            try:
+                data = self.storage.get(item.task.key)
+            except ObjectNotFound:
+                item.error = "the uploaded image is no longer in storage"
+                continue
+            except StorageError as exc:
+                item.error, item.retry = f"storage error: {exc}", True
+                continue
+            t1 = time.perf_counter()
+            try:
+                item.array = self.classifier.preprocess(data)
+            except ImageError as exc:
+                item.error = str(exc)
+            t2 = time.perf_counter()
+            item.timings_ms["fetch"] = round((t1 - t0) * 1000, 3)
+            item.timings_ms["decode"] = round((t2 - t1) * 1000, 3)
+
+    def _infer(self, items: list[_Item]) -> float:
+        ready = [i for i in items if i.array is not None]
+        if not ready:
+            return 0.0
+        t0 = time.perf_counter()
+        batch = np.stack([i.array for i in ready if i.array is not None])
+        predictions = self.classifier.predict(batch, top_k=self.top_k)
+        infer_ms = (time.perf_counter() - t0) * 1000
+        for item, preds in zip(ready, predictions, strict=True):
+            item.timings_ms["infer_batch"] = round(infer_ms, 3)
+            item.timings_ms["batch_size"] = float(len(ready))
+            item.predictions = [p.to_dict() for p in preds]
+        return infer_ms
+
+    def _store_results(self, items: list[_Item], infer_ms: float) -> list[_Item]:
+        done: list[_Item] = []
+        for item in items:
+            if item.retry:
+                continue
+            task = item.task
+            record = protocol.result_record(
+                job_id=task.job_id,
+                image_id=task.image_id,
+                status="failed" if item.error else "done",
+                model=self.classifier.name,
+                worker_id=self.worker_id,
+                predictions=item.predictions,
+                error=item.error,
+                timings_ms=item.timings_ms,
+                enqueued_at=task.enqueued_at,
+            )
+            try:
+                self.storage.put_json(protocol.result_key(task.job_id, task.image_id), record)
+            except StorageError as exc:
+                log.warning(
+                    "result_write_failed",
+                    extra={"job_id": task.job_id, "image_id": task.image_id, "error": str(exc)},
+                )
+                continue
+            log.info(
+                "image_done" if not item.error else "image_failed",
+                extra={
+                    "job_id": task.job_id,
+                    "image_id": task.image_id,
+                    "worker_id": self.worker_id,
+                    **({"error": item.error} if item.error else {}),
+                },
+            )
+            done.append(item)
+        return done
+
+    def _notify(self, done: list[_Item]) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for item in done:
+            if item.task.reply_to:
+                reply = protocol.Reply(
+                    job_id=item.task.job_id,
+                    image_id=item.task.image_id,
+                    status="failed" if item.error else "done",
+                    result_key=protocol.result_key(item.task.job_id, item.task.image_id),
+                )
+                by_queue.setdefault(item.task.reply_to, []).append(reply.to_json())
+        for name, bodies in by_queue.items():
+            try:
+                self._reply_queue(name).send_batch(bodies)
+            except QueueError as exc:
+                # The result is stored; a reader polling storage still sees it.
+                log.warning("reply_failed", extra={"reply_to": name, "error": str(exc)})
+
+    def _reply_queue(self, name: str) -> Queue:
+        if name not in self._reply_queues:
+            self._reply_queues[name] = self.queue.sibling(name)
+        return self._reply_queues[name]
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run_worker(settings: Any) -> int:
+    """Entry point of ``dlaas worker``: load the model once, then loop."""
+    from dlaas.components import model_spec_from, open_queue_from, open_storage_from
+    from dlaas.model import Classifier
+
+    worker_id = settings.worker_id or default_worker_id()
+    t0 = time.monotonic()
+    spec = model_spec_from(settings)
+    classifier = Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
+    log.info(
+        "model_loaded",
+        extra={"worker_id": worker_id, "model": spec.name, "ms": round((time.monotonic() - t0) * 1000)},
+    )
+    storage = open_storage_from(settings)
+    queue = open_queue_from(settings)
+    worker = Worker(
+        storage=storage,
+        queue=queue,
+        classifier=classifier,
+        worker_id=worker_id,
+        batch_size=settings.batch_size,
+        max_batch_delay_ms=settings.max_batch_delay_ms,
+        idle_timeout_s=settings.idle_timeout_s,
+        visibility_timeout_s=settings.visibility_timeout_s,
+    )
+    worker.install_signal_handlers()
+    try:
+        return worker.run()
+    finally:
+        queue.close()
+        storage.close()

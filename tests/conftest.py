@@ -1,0 +1,58 @@
+"""Fixtures shared by the whole suite: real photos, a tiny model, CI strictness."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip locally when an outside service is missing; fail under CI=true."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{reason} (required because CI=true)")
+    pytest.skip(reason)
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photo() -> Callable[[str], bytes]:
+    """``photo("chelsea")`` -> a real camera photo from scikit-image, as JPEG bytes."""
+    from skimage import data
+
+    cache: dict[str, bytes] = {}
+
+    def get(name: str) -> bytes:
+        if name not in cache:
+            cache[name] = jpeg_bytes(Image.fromarray(getattr(data, name)()))
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def small_jpeg() -> bytes:
+    return jpeg_bytes(Image.new("RGB", (64, 48), (200, 30, 30)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ONNX classifier with the real input contract, for fast pipeline tests."""
+    from dlaas.model import build_tiny_model
+
+    directory = tmp_path_factory.mktemp("tiny-model")
+    build_tiny_model(directory)
+    return directory
