@@ -6,9 +6,13 @@ import io
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from dlaas.model import ModelSpec
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -49,10 +53,18 @@ def small_jpeg() -> bytes:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
     """A tiny ONNX classifier with the real input contract, for fast pipeline tests."""
     from dlaas.model import build_tiny_model
 
-    directory = tmp_path_factory.mktemp("tiny-model")
-    build_tiny_model(directory)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real EfficientNet-Lite0, converted once per test session (pass as --model-dir)."""
+    from dlaas.model import ensure_model
+
+    directory = tmp_path_factory.mktemp("models")
+    ensure_model(directory)
     return directory

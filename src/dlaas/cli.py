@@ -33,7 +33,13 @@ SCALING = (
     "downscale_delay_s", "max_message_age_s", "scale_interval_s", "launcher",
 )  # fmt: skip
 
-GROUPS = {"storage and queue": COMMON, "model": MODEL, "worker": WORKER, "web": WEB, "scaling": SCALING}
+GROUPS = {
+    "storage and queue": COMMON,
+    "model": MODEL,
+    "worker": WORKER,
+    "web": WEB,
+    "scaling": SCALING,
+}
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, groups: Sequence[str]) -> None:
@@ -97,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("simulate", help="simulate autoscaling at cloud scale", add_help=False)
     aws = sub.add_parser("aws", help="AWS helpers")
     aws_sub = aws.add_subparsers(dest="aws_command", required=True, metavar="ACTION")
-    aws_sub.add_parser("user-data", help="print the worker instances' user-data script", add_help=False)
+    aws_sub.add_parser(
+        "user-data", help="print the worker instances' user-data script", add_help=False
+    )
     return parser
 
 

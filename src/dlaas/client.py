@@ -29,7 +29,9 @@ def collect_files(paths: Sequence[str]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             found.extend(
-                sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                sorted(
+                    p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                )
             )
         elif path.is_file():
             found.append(path)
@@ -40,12 +42,14 @@ def collect_files(paths: Sequence[str]) -> list[Path]:
     return found
 
 
-def multipart_body(files: Sequence[Path], boundary: str, progress: Any = None, task: Any = None) -> Iterator[bytes]:
+def multipart_body(
+    files: Sequence[Path], boundary: str, progress: Any = None, task: Any = None
+) -> Iterator[bytes]:
     """Stream a multipart body one file at a time, so a big folder never sits in memory."""
     for path in files:
         name = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
         yield (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
         yield path.read_bytes()
@@ -55,7 +59,9 @@ def multipart_body(files: Sequence[Path], boundary: str, progress: Any = None, t
     yield f"--{boundary}--\r\n".encode()
 
 
-def upload(client: httpx.Client, files: Sequence[Path], progress: Any = None, task: Any = None) -> dict[str, Any]:
+def upload(
+    client: httpx.Client, files: Sequence[Path], progress: Any = None, task: Any = None
+) -> dict[str, Any]:
     boundary = uuid.uuid4().hex
     response = client.post(
         "/v1/jobs",
@@ -67,7 +73,9 @@ def upload(client: httpx.Client, files: Sequence[Path], progress: Any = None, ta
     return dict(response.json())
 
 
-def follow(client: httpx.Client, job_id: str, progress: Any = None, task: Any = None) -> list[dict[str, Any]]:
+def follow(
+    client: httpx.Client, job_id: str, progress: Any = None, task: Any = None
+) -> list[dict[str, Any]]:
     """Read the job's event stream until its ``end`` event; return every result."""
     results: dict[str, dict[str, Any]] = {}
     with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
@@ -95,8 +103,12 @@ def run_classify(paths: Sequence[str], *, url: str, output: str | None, timeout_
         with (
             httpx.Client(base_url=url, timeout=httpx.Timeout(timeout_s, connect=10.0)) as client,
             Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=console, transient=output is None,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=output is None,
             ) as progress,
         ):
             up = progress.add_task("uploading", total=len(files))

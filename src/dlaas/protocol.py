@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 ResultStatus = Literal["done", "failed"]
+ReplyStatus = Literal["classifying", "done", "failed"]
 
 
 def new_id() -> str:
@@ -72,12 +73,19 @@ class Task:
 
 @dataclass(frozen=True)
 class Reply:
-    """The reply-queue body: a pointer to a result that is already stored."""
+    """The reply-queue body: a pointer to a result that is already stored.
+
+    ``classifying`` replies are sent when a batch starts, so pages can show progress;
+    the others carry the timings so metrics need no extra storage read.
+    """
 
     job_id: str
     image_id: str
-    status: ResultStatus
+    status: ReplyStatus
     result_key: str
+    timings_ms: dict[str, float] | None = None
+    enqueued_at: float | None = None
+    completed_at: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -85,12 +93,17 @@ class Reply:
     @classmethod
     def from_json(cls, body: str) -> Reply:
         data = json.loads(body)
-        status: ResultStatus = "failed" if data["status"] == "failed" else "done"
+        status = data["status"]
+        if status not in ("classifying", "done", "failed"):
+            raise ValueError(f"unknown reply status {status!r}")
         return cls(
             job_id=str(data["job_id"]),
             image_id=str(data["image_id"]),
             status=status,
             result_key=str(data["result_key"]),
+            timings_ms=data.get("timings_ms"),
+            enqueued_at=data.get("enqueued_at"),
+            completed_at=data.get("completed_at"),
         )
 
 

@@ -34,52 +34,106 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DLAAS_", extra="forbid", frozen=True)
 
     # Where things live.
-    data_dir: Path = Field(Path(".dlaas"), description="directory for the embedded store, queue and model cache")
-    storage: str | None = Field(None, description="object store URL: file:///path, s3://bucket/prefix (default <data-dir>/objects)")
-    queue: str | None = Field(None, description="queue URL: sqlite:///path/queue.db or sqs://name (default <data-dir>/queue.db)")
+    data_dir: Path = Field(
+        Path(".dlaas"), description="directory for the embedded store, queue and model cache"
+    )
+    storage: str | None = Field(
+        None,
+        description="store URL: file:///path or s3://bucket/prefix (default <data-dir>/objects)",
+    )
+    queue: str | None = Field(
+        None,
+        description="sqlite:///path/queue.db or sqs://name (default <data-dir>/queue.db)",
+    )
     queue_name: str = Field("dlaas-input", description="name of the input queue")
-    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (SeaweedFS, MinIO); default: AWS")
-    s3_addressing_style: Literal["auto", "path", "virtual"] = Field("auto", description="S3 addressing style")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (SeaweedFS, MinIO); default: AWS"
+    )
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="S3 addressing style"
+    )
     sqs_endpoint_url: str | None = Field(None, description="SQS-compatible endpoint; default: AWS")
-    aws_region: str | None = Field(None, description="AWS region; default: the AWS SDK's own resolution")
+    aws_region: str | None = Field(
+        None, description="AWS region; default: the AWS SDK's own resolution"
+    )
 
     # Web tier.
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     max_upload_mb: float = Field(20.0, gt=0, description="largest accepted image, in MB")
-    max_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, in pixels (read from the header)")
+    max_pixels: int = Field(
+        40_000_000, gt=0, description="largest accepted image, in pixels (read from the header)"
+    )
     max_files_per_job: int = Field(10_000, gt=0, description="most images in one POST /v1/jobs")
-    classify_timeout_s: float = Field(30.0, gt=0, description="default wait of the synchronous endpoints")
+    classify_timeout_s: float = Field(
+        30.0, gt=0, description="default wait of the synchronous endpoints"
+    )
 
     # Workers.
-    workers: int | None = Field(None, ge=0, description="fixed (non-elastic) mode: run exactly N local workers")
+    workers: int | None = Field(
+        None, ge=0, description="fixed (non-elastic) mode: run exactly N local workers"
+    )
     batch_size: int = Field(16, ge=1, le=256, description="most images per forward pass")
-    max_batch_delay_ms: float = Field(10.0, ge=0, description="longest wait to fill a batch once a message is in hand")
-    idle_timeout_s: float = Field(30.0, gt=0, description="a worker exits after this long without messages")
-    visibility_timeout_s: float = Field(30.0, ge=1, description="how long a received message stays hidden; heartbeats extend it")
-    max_receives: int = Field(5, ge=1, description="deliveries before a message goes to the dead-letter queue")
-    intra_op_threads: int = Field(1, ge=1, description="ONNX Runtime threads per worker (one worker per core scales better)")
-    worker_id: str | None = Field(None, description="this worker's ID (set by launchers); default: host-pid")
+    max_batch_delay_ms: float = Field(
+        10.0, ge=0, description="longest wait to fill a batch once a message is in hand"
+    )
+    idle_timeout_s: float = Field(
+        30.0, gt=0, description="a worker exits after this long without messages"
+    )
+    visibility_timeout_s: float = Field(
+        30.0, ge=1, description="how long a received message stays hidden; heartbeats extend it"
+    )
+    max_receives: int = Field(
+        5, ge=1, description="deliveries before a message goes to the dead-letter queue"
+    )
+    intra_op_threads: int = Field(
+        1, ge=1, description="ONNX Runtime threads per worker (one worker per core scales better)"
+    )
+    worker_id: str | None = Field(
+        None, description="this worker's ID (set by launchers); default: host-pid"
+    )
 
     # Model.
     model_dir: Path | None = Field(None, description="model cache (default <data-dir>/models)")
-    model: Path | None = Field(None, description="bring your own ONNX classifier instead of EfficientNet-Lite0")
+    model: Path | None = Field(
+        None, description="bring your own ONNX classifier instead of EfficientNet-Lite0"
+    )
     labels: Path | None = Field(None, description="labels file for --model, one class per line")
     input_size: int = Field(224, gt=0, description="--model preprocessing: crop size")
-    resize_size: int = Field(256, gt=0, description="--model preprocessing: short side before the centre crop")
-    mean: str = Field("127,127,127", description="--model preprocessing: per-channel mean on 0..255 pixels")
-    std: str = Field("128,128,128", description="--model preprocessing: per-channel std on 0..255 pixels")
-    layout: Literal["NCHW", "NHWC"] = Field("NCHW", description="--model preprocessing: input layout")
+    resize_size: int = Field(
+        256, gt=0, description="--model preprocessing: short side before the centre crop"
+    )
+    mean: str = Field(
+        "127,127,127", description="--model preprocessing: per-channel mean on 0..255 pixels"
+    )
+    std: str = Field(
+        "128,128,128", description="--model preprocessing: per-channel std on 0..255 pixels"
+    )
+    layout: Literal["NCHW", "NHWC"] = Field(
+        "NCHW", description="--model preprocessing: input layout"
+    )
 
     # Autoscaling.
     min_workers: int = Field(0, ge=0, description="elastic mode: fewest workers")
-    max_workers: int = Field(default_factory=_cpu_count, ge=1, description="elastic mode: most workers")
-    target_backlog_per_worker: int | None = Field(None, ge=1, description="messages per worker (default 4 x batch size)")
-    upscale_delay_s: float = Field(0.0, ge=0, description="a higher worker count must hold this long before scaling up")
-    downscale_delay_s: float = Field(15.0, ge=0, description="a lower worker count must hold this long before draining")
-    max_message_age_s: float | None = Field(None, gt=0, description="scale up when the oldest message is older than this")
+    max_workers: int = Field(
+        default_factory=_cpu_count, ge=1, description="elastic mode: most workers"
+    )
+    target_backlog_per_worker: int | None = Field(
+        None, ge=1, description="messages per worker (default 4 x batch size)"
+    )
+    upscale_delay_s: float = Field(
+        0.0, ge=0, description="a higher worker count must hold this long before scaling up"
+    )
+    downscale_delay_s: float = Field(
+        15.0, ge=0, description="a lower worker count must hold this long before draining"
+    )
+    max_message_age_s: float | None = Field(
+        None, gt=0, description="scale up when the oldest message is older than this"
+    )
     scale_interval_s: float = Field(1.0, gt=0, description="controller period")
-    launcher: Literal["local", "ec2", "asg"] = Field("local", description="how the controller starts workers")
+    launcher: Literal["local", "ec2", "asg"] = Field(
+        "local", description="how the controller starts workers"
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
@@ -92,7 +146,9 @@ class Settings(BaseSettings):
         except ValueError:
             floats = []
         if len(floats) != 3:
-            raise ValueError(f"expected three comma-separated numbers like 127,127,127, got {value!r}")
+            raise ValueError(
+                f"expected three comma-separated numbers like 127,127,127, got {value!r}"
+            )
         return value
 
     @field_validator("storage")

@@ -12,7 +12,13 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -87,7 +93,8 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
-            {"error": _slug(exc.status_code), "detail": str(exc.detail)}, status_code=exc.status_code
+            {"error": _slug(exc.status_code), "detail": str(exc.detail)},
+            status_code=exc.status_code,
         )
 
     # Upload helpers ----------------------------------------------------------
@@ -98,7 +105,8 @@ def create_app(
             raise WebError(
                 413,
                 "request_too_large",
-                f"the request is {int(length) / 1e6:.1f} MB; the limit is {limit_bytes / 1e6:.1f} MB",
+                f"the request is {int(length) / 1e6:.1f} MB; "
+                f"the limit is {limit_bytes / 1e6:.1f} MB",
             )
 
     async def form_files(request: Request, field: str, max_files: int) -> list[UploadFile]:
@@ -139,7 +147,9 @@ def create_app(
         image_id = protocol.new_id()
         future = hub.expect(image_id)
         try:
-            await run_in_threadpool(_submit_one, service, job, upload.filename or "upload", data, image_id, hub.name)
+            await run_in_threadpool(
+                _submit_one, service, job, upload.filename or "upload", data, image_id, hub.name
+            )
         except BaseException:
             hub.forget(image_id)
             raise
@@ -175,7 +185,9 @@ def create_app(
         except BaseException:
             await run_in_threadpool(service.abort, job)
             raise
-        images = [{"image_id": i["image_id"], "filename": i["filename"]} for i in manifest["images"]]
+        images = [
+            {"image_id": i["image_id"], "filename": i["filename"]} for i in manifest["images"]
+        ]
         return JSONResponse({"job_id": job.job_id, "images": images}, status_code=202)
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
@@ -185,7 +197,7 @@ def create_app(
 
     @app.get("/v1/jobs/{job_id}/events", tags=["jobs"])
     async def job_events(job_id: str, request: Request) -> StreamingResponse:
-        """Server-Sent Events: one ``result`` event per image, then ``end``."""
+        """Server-Sent Events: ``job``; ``classifying``, ``result`` per image; ``end``."""
         manifest = await run_in_threadpool(service.manifest, job_id)
         inbox = hub.subscribe(job_id)
 
@@ -217,6 +229,9 @@ def create_app(
                         continue
                     if reply.image_id in seen:
                         continue
+                    if reply.status == "classifying":
+                        yield _sse("classifying", {"image_id": reply.image_id})
+                        continue
                     result = await run_in_threadpool(service.result, job_id, reply.image_id)
                     yield emit(result)
                 yield _sse("end", {"job_id": job_id, "total": total, **counts})
@@ -242,7 +257,9 @@ def create_app(
         """Workload-generator compatibility: field ``myfile`` in, top-1 short label out."""
         result = await classify_one(request, "myfile", settings.classify_timeout_s)
         if result["status"] != "done":
-            raise WebError(422, "undecodable_image", result.get("error") or "the image could not be read")
+            raise WebError(
+                422, "undecodable_image", result.get("error") or "the image could not be read"
+            )
         return PlainTextResponse(protocol.short_label(result["predictions"][0]["label"]))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -261,11 +278,9 @@ def create_app(
             raise WebError(404, "not_found", f"no static file {name!r}") from None
         return Response(text, media_type=media[suffix], headers={"Cache-Control": "no-cache"})
 
-    @app.get("/v1/stats", tags=["ops"])
-    async def stats() -> dict[str, Any]:
-        """Queue depth, workers desired/running/starting, and recent history."""
+    async def current_stats() -> dict[str, Any]:
         if stats_provider is not None:
-            return stats_provider()
+            return await run_in_threadpool(stats_provider)
         qs = await run_in_threadpool(queue.stats)
         return {
             "mode": "external",
@@ -278,6 +293,28 @@ def create_app(
             "workers": {},
             "history": [],
         }
+
+    @app.get("/v1/stats", tags=["ops"])
+    async def stats() -> dict[str, Any]:
+        """Queue depth, workers desired/running/starting, and recent history."""
+        return await current_stats()
+
+    @app.get("/v1/stats/events", tags=["ops"])
+    async def stats_events(
+        request: Request, interval_s: float = Query(1.0, ge=0.2, le=60)
+    ) -> StreamingResponse:
+        """Server-Sent Events: a ``stats`` event (as ``GET /v1/stats``) every ``interval_s``."""
+
+        async def stream() -> AsyncIterator[str]:
+            while not await request.is_disconnected():
+                yield _sse("stats", await current_stats())
+                await asyncio.sleep(interval_s)
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -300,7 +337,10 @@ def create_app(
             checks["queue"] = str(exc)
         checks["replies"] = "ok" if hub.alive else "reply reader is not running"
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
 
     return app
 
@@ -328,4 +368,3 @@ def _slug(status_code: int) -> str:
 
 def _static_text(name: str) -> str:
     return resources.files("dlaas.web").joinpath("static", name).read_text(encoding="utf-8")
-

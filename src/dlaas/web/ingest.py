@@ -153,7 +153,9 @@ def job_status(manifest: dict[str, Any], results: list[dict[str, Any]]) -> dict[
         "created_at": manifest["created_at"],
         "status": "complete" if complete else "running",
         "counts": {"total": total, "queued": total - done - failed, "done": done, "failed": failed},
-        "elapsed_s": round((max(finished) if complete and finished else time.time()) - manifest["created_at"], 3),
+        "elapsed_s": round(
+            (max(finished) if complete and finished else time.time()) - manifest["created_at"], 3
+        ),
         "images": manifest["images"],
         "results": results,
     }

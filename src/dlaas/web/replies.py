@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from dlaas import protocol
 from dlaas.errors import DlaasError
@@ -52,6 +53,7 @@ class ReplyHub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.delivered = 0
+        self.on_reply: Callable[[protocol.Reply], None] | None = None  # metrics hook
 
     @property
     def alive(self) -> bool:
@@ -101,9 +103,12 @@ class ReplyHub:
 
     def _dispatch(self, replies: list[protocol.Reply]) -> None:
         for reply in replies:
-            future = self._waiters.pop(reply.image_id, None)
-            if future is not None and not future.done():
-                future.set_result(reply)
+            if self.on_reply is not None:
+                self.on_reply(reply)
+            if reply.status != "classifying":
+                future = self._waiters.pop(reply.image_id, None)
+                if future is not None and not future.done():
+                    future.set_result(reply)
             for inbox in self._subscribers.get(reply.job_id, ()):
                 inbox.put_nowait(reply)
 
@@ -146,7 +151,9 @@ class ReplyHub:
 
     def _register(self) -> None:
         try:
-            self.storage.put_json(self._record_key(self.name), {"queue": self.name, "updated_at": time.time()})
+            self.storage.put_json(
+                self._record_key(self.name), {"queue": self.name, "updated_at": time.time()}
+            )
         except DlaasError as exc:
             log.warning("reply_register_failed", extra={"error": str(exc)})
 

@@ -80,7 +80,9 @@ def check_image(data: bytes, filename: str, *, max_bytes: int, max_pixels: int) 
         ) from None
     except Exception as exc:  # Pillow raises many types for a bad header
         raise WebError(
-            422, "corrupt_image", f"{filename!r} looks like {fmt} but its header is unreadable: {exc}"
+            422,
+            "corrupt_image",
+            f"{filename!r} looks like {fmt} but its header is unreadable: {exc}",
         ) from None
     _check_pixels(filename, width, height, max_pixels=max_pixels)
     if _truncated(data, fmt):

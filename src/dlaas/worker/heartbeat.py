@@ -110,4 +110,6 @@ class HealthRecord:
             self.storage.put_json(protocol.worker_key(self.worker_id), self.record)
             self._last_write = now
         except DlaasError as exc:
-            log.warning("health_write_failed", extra={"worker_id": self.worker_id, "error": str(exc)})
+            log.warning(
+                "health_write_failed", extra={"worker_id": self.worker_id, "error": str(exc)}
+            )

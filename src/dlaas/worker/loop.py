@@ -8,6 +8,7 @@ come back after their visibility timeout.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -154,10 +155,9 @@ class Worker:
     def _release(self, batch: Sequence[Message]) -> None:
         """Hand messages received after a stop request straight back to other workers."""
         for message in batch:
-            try:
+            # On failure it reappears after its visibility timeout anyway.
+            with contextlib.suppress(DlaasError):
                 self.queue.change_visibility(message.receipt, 0)
-            except DlaasError:
-                pass  # it reappears after its visibility timeout anyway
 
     def _drain_requested(self) -> bool:
         now = time.monotonic()
@@ -182,6 +182,7 @@ class Worker:
             with VisibilityHeartbeat(
                 self.queue, [i.message.receipt for i in items], self.visibility_timeout_s
             ):
+                self._notify_started(items)
                 self._fetch_and_decode(items)
                 infer_ms = self._infer(items)
                 done = self._store_results(items, infer_ms)
@@ -219,9 +220,7 @@ class Worker:
 
     def _dead_letter_malformed(self, message: Message, exc: Exception) -> None:
         """A body we cannot parse will never succeed: park it in the DLQ at once."""
-        log.error(
-            "malformed_message", extra={"message_id": message.id, "error": str(exc)[:200]}
-        )
+        log.error("malformed_message", extra={"message_id": message.id, "error": str(exc)[:200]})
         try:
             self.queue.dead_letter().send(message.body)
             self.queue.delete(message.receipt)
@@ -299,15 +298,28 @@ class Worker:
             done.append(item)
         return done
 
+    def _notify_started(self, items: list[_Item]) -> None:
+        self._send_replies(items, lambda _item: "classifying")
+
     def _notify(self, done: list[_Item]) -> None:
+        self._send_replies(done, lambda item: "failed" if item.error else "done")
+
+    def _send_replies(
+        self, items: list[_Item], status_of: Callable[[_Item], protocol.ReplyStatus]
+    ) -> None:
         by_queue: dict[str, list[str]] = {}
-        for item in done:
+        for item in items:
             if item.task.reply_to:
+                status = status_of(item)
+                final = status != "classifying"
                 reply = protocol.Reply(
                     job_id=item.task.job_id,
                     image_id=item.task.image_id,
-                    status="failed" if item.error else "done",
+                    status=status,
                     result_key=protocol.result_key(item.task.job_id, item.task.image_id),
+                    timings_ms=item.timings_ms if final else None,
+                    enqueued_at=item.task.enqueued_at if final else None,
+                    completed_at=time.time() if final else None,
                 )
                 by_queue.setdefault(item.task.reply_to, []).append(reply.to_json())
         for name, bodies in by_queue.items():
@@ -338,7 +350,11 @@ def run_worker(settings: Any) -> int:
     classifier = Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
     log.info(
         "model_loaded",
-        extra={"worker_id": worker_id, "model": spec.name, "ms": round((time.monotonic() - t0) * 1000)},
+        extra={
+            "worker_id": worker_id,
+            "model": spec.name,
+            "ms": round((time.monotonic() - t0) * 1000),
+        },
     )
     storage = open_storage_from(settings)
     queue = open_queue_from(settings)

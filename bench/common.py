@@ -1,0 +1,131 @@
+"""Shared bench helpers: a photo set, the bare decode+ORT baseline, a lean HTTP client.
+
+Every bench prints ratios measured side by side in one run, because the machines are
+shared and noisy: absolute numbers drift, ratios much less.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+PHOTO_NAMES = (
+    "astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field",
+    "immunohistochemistry", "colorwheel", "retina", "motorcycle_left",
+)  # fmt: skip
+
+
+def photo_set(n: int, *, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[bytes]:
+    """``n`` distinct JPEGs cut from scikit-image's real photos (random crops, resized)."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    sources = []
+    for name in PHOTO_NAMES:
+        try:
+            arr = getattr(data, name)()
+        except Exception:  # some datasets are optional downloads; use what ships
+            continue
+        if arr.ndim == 3 and arr.shape[2] >= 3:
+            sources.append(Image.fromarray(arr[:, :, :3]))
+    out = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        w, h = src.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        img = src.crop((x, y, x + cw, y + ch)).resize(size)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=int(rng.integers(80, 95)))
+        out.append(buf.getvalue())
+    return out
+
+
+def ensure_model_dir() -> Path:
+    from dlaas.model import ensure_model
+
+    model_dir = ROOT / ".dlaas" / "models"
+    ensure_model(model_dir)
+    return model_dir
+
+
+def _bare_loop(model_dir: str, images: list[bytes], batch_size: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    from dlaas.model import Classifier, ensure_model
+
+    clf = Classifier(ensure_model(Path(model_dir)), intra_op_num_threads=1)
+    clf.predict(np.stack([clf.preprocess(images[0])]))  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(images), batch_size):
+        arrays = [clf.preprocess(b) for b in images[i : i + batch_size]]
+        clf.predict(np.stack(arrays))
+    out.put(len(images) / (time.perf_counter() - started))
+
+
+def bare_loop_img_s(model_dir: Path, images: list[bytes], processes: int = 2, batch_size: int = 8) -> float:
+    """The baseline: ``processes`` processes x 1 thread, decode + preprocess + ORT, no I/O."""
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    share = len(images) // processes
+    procs = [
+        ctx.Process(target=_bare_loop, args=(str(model_dir), images[i * share : (i + 1) * share], batch_size, out))
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    rates = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return float(sum(rates))
+
+
+def multipart(field: str, files: Sequence[tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, data in files:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class LeanClient:
+    """One keep-alive HTTP/1.1 connection; cheap enough not to steal the server's CPU."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        self.conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
+    values = [fn() for _ in range(runs)]
+    return statistics.median(values), values
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))

@@ -1,0 +1,79 @@
+"""End-to-end throughput next to the bare decode+ORT loop, in one run.
+
+A 64-thread client on the same box posts real photos one per request to the running
+service (HTTP, storage, queue, workers, result delivery, all included) and we compare
+images/s with the bare loop (one process per core, one thread each, no I/O).
+Goal: >= 0.9x the bare loop.
+
+    .venv/bin/python bench/throughput.py [--endpoint / | /v1/classify] [--images 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import LeanClient, bare_loop_img_s, cpu_count, ensure_model_dir, multipart, photo_set
+
+from tests.support import ServeProcess
+
+
+def service_rate(port: int, images: list[bytes], endpoint: str, threads: int) -> float:
+    field = "myfile" if endpoint == "/" else "file"
+    bodies = [multipart(field, [("photo.jpg", b)]) for b in images]
+
+    def send(chunk: list[tuple[bytes, str]]) -> int:
+        client = LeanClient(port)
+        for body, ctype in chunk:
+            status, text = client.post(endpoint, body, ctype)
+            assert status == 200, (status, text[:200])
+        client.close()
+        return len(chunk)
+
+    chunks = [bodies[i::threads] for i in range(threads)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(send, chunks))
+    return len(images) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=64)
+    parser.add_argument("--endpoint", default="/", choices=["/", "/v1/classify"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=cpu_count())
+    parser.add_argument("--serve-args", default="", help="extra flags for dlaas serve")
+    args = parser.parse_args()
+
+    model_dir = ensure_model_dir()
+    images = photo_set(args.images, size=(640, 480))
+    bare, service = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServeProcess(
+            Path(tmp),
+            ["--workers", str(args.workers), "--model-dir", str(model_dir), "--log-level", "warning",
+             *args.serve_args.split()],
+        )  # fmt: skip
+        try:
+            server.wait_ready()
+            service_rate(server.port, images[:64], args.endpoint, args.threads)  # warm-up
+            for _ in range(args.repeats):
+                service.append(service_rate(server.port, images, args.endpoint, args.threads))
+                bare.append(bare_loop_img_s(model_dir, images, processes=cpu_count()))
+        finally:
+            server.stop()
+    b, s = statistics.median(bare), statistics.median(service)
+    print(f"{cpu_count()} CPUs, {len(images)} photos 640x480, {args.threads} client threads, POST {args.endpoint}")
+    print(f"  bare decode+ORT loop ({cpu_count()} proc x 1 thread): {b:6.0f} img/s  runs {[round(x) for x in bare]}")
+    print(f"  dlaas end to end ({args.workers} workers):        {s:6.0f} img/s  runs {[round(x) for x in service]}")
+    print(f"  ratio: {s / b:.2f} x bare loop (goal >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()

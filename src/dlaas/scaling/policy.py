@@ -1,0 +1,177 @@
+"""The autoscaling policy: a pure function from a snapshot of load to a worker count.
+
+``decide(snapshot, config, state) -> (desired, state)`` holds no clock, thread or I/O,
+so the controller, the simulator and the tests all run the very same rule. The core
+rule sizes the fleet to the backlog, *in-flight messages included* (a worker busy with
+a batch is load, not spare capacity). Small wrappers around it add what production
+autoscalers learned the hard way: start from zero at once, wait before changing the
+count so it does not flap, and add a worker when messages grow too old.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from dlaas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dlaas.settings import Settings
+
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_UPSCALE_DELAY_S = 0.0
+DEFAULT_DOWNSCALE_DELAY_S = 15.0
+
+Direction = Literal["up", "down"]
+
+
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the controller saw at ``now_s``: the queue and the launcher's fleet."""
+
+    now_s: float
+    visible: int
+    in_flight: int
+    oldest_age_s: float = 0.0
+    running: int = 0
+    starting: int = 0  # launched but not yet taking messages; counts as capacity
+
+    @property
+    def backlog(self) -> int:
+        return self.visible + self.in_flight
+
+    @property
+    def current(self) -> int:
+        return self.running + self.starting
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """How many messages one worker should own, the bounds, and the delays."""
+
+    target_backlog_per_worker: int = 4 * DEFAULT_BATCH_SIZE
+    min_workers: int = 0
+    max_workers: int = field(default_factory=_cpu_count)
+    upscale_delay_s: float = DEFAULT_UPSCALE_DELAY_S
+    downscale_delay_s: float = DEFAULT_DOWNSCALE_DELAY_S
+    max_message_age_s: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.target_backlog_per_worker < 1:
+            problems.append(
+                f"target_backlog_per_worker must be at least 1, got {self.target_backlog_per_worker}"
+            )
+        if self.min_workers < 0:
+            problems.append(f"min_workers must be 0 or more, got {self.min_workers}")
+        if self.max_workers < self.min_workers:
+            problems.append(
+                f"max_workers ({self.max_workers}) is below min_workers ({self.min_workers})"
+            )
+        if self.upscale_delay_s < 0 or self.downscale_delay_s < 0:
+            problems.append("upscale_delay_s and downscale_delay_s must be 0 or more")
+        if self.max_message_age_s is not None and self.max_message_age_s <= 0:
+            problems.append(f"max_message_age_s must be above 0, got {self.max_message_age_s}")
+        if problems:
+            raise ConfigError("invalid scaling policy: " + "; ".join(problems))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PolicyConfig:
+        """The elastic policy of ``dlaas serve`` / ``dlaas controller``."""
+        return cls(
+            target_backlog_per_worker=settings.backlog_target,
+            min_workers=settings.min_workers,
+            max_workers=settings.max_workers,
+            upscale_delay_s=settings.upscale_delay_s,
+            downscale_delay_s=settings.downscale_delay_s,
+            max_message_age_s=settings.max_message_age_s,
+        )
+
+    def clamp(self, n: int) -> int:
+        return max(self.min_workers, min(self.max_workers, n))
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """A change waiting out its delay: its direction, since when, and its bound.
+
+    While scaling down waits, ``bound`` is the *largest* count proposed in the window
+    (so one quiet second cannot shrink the fleet); while scaling up waits, the
+    *smallest* (so one spike cannot grow it). This is Kubernetes' stabilization window.
+    """
+
+    direction: Direction | None = None
+    since_s: float = 0.0
+    bound: int = 0
+
+
+def core_rule(snapshot: Snapshot, config: PolicyConfig) -> int:
+    """``ceil((visible + in_flight) / target)``, clamped to ``[min, max]``."""
+    return config.clamp(math.ceil(snapshot.backlog / config.target_backlog_per_worker))
+
+
+def is_cold_start(snapshot: Snapshot) -> bool:
+    """No worker running or starting while messages wait: nobody will ever take them."""
+    return snapshot.current == 0 and snapshot.backlog > 0
+
+
+def is_too_old(snapshot: Snapshot, config: PolicyConfig) -> bool:
+    """A waiting message is older than ``max_message_age_s`` and no new worker is on its way.
+
+    Only visible messages count (a message in a batch is being served), and one extra
+    worker at a time is enough: the next one comes only once this one has started.
+    """
+    return (
+        config.max_message_age_s is not None
+        and snapshot.visible > 0
+        and snapshot.oldest_age_s > config.max_message_age_s
+        and snapshot.starting == 0
+    )
+
+
+def decide(snapshot: Snapshot, config: PolicyConfig, state: PolicyState) -> tuple[int, PolicyState]:
+    """Return the number of workers to have now (running + starting) and the new state."""
+    current = snapshot.current
+    proposal = core_rule(snapshot, config)
+    urgent = is_cold_start(snapshot)
+    if is_too_old(snapshot, config):
+        proposal = max(proposal, config.clamp(current + 1))
+        urgent = True
+
+    if proposal == current:
+        return current, PolicyState()
+    if proposal > current:
+        if urgent or config.upscale_delay_s == 0:
+            return proposal, PolicyState()
+        return _stabilize("up", proposal, snapshot, config.upscale_delay_s, state)
+    if config.downscale_delay_s == 0:
+        return proposal, PolicyState()
+    return _stabilize("down", proposal, snapshot, config.downscale_delay_s, state)
+
+
+def _stabilize(
+    direction: Direction, proposal: int, snapshot: Snapshot, delay_s: float, state: PolicyState
+) -> tuple[int, PolicyState]:
+    """Hold the current count until proposals in one direction have lasted ``delay_s``."""
+    if state.direction == direction:
+        since_s = state.since_s
+        pick = min if direction == "up" else max
+        bound = pick(state.bound, proposal)
+    else:
+        since_s, bound = snapshot.now_s, proposal
+    current = snapshot.current
+    if snapshot.now_s - since_s >= delay_s:
+        # The fleet may have changed under the window (a crash, an idle exit): never
+        # turn a pending scale-down into a scale-up, or the reverse.
+        desired = max(bound, current) if direction == "up" else min(bound, current)
+        return desired, PolicyState()
+    return current, PolicyState(direction, since_s, bound)

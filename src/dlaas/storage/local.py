@@ -1,0 +1,160 @@
+"""Objects as files under one directory (``file://`` URLs).
+
+A key ``inputs/<job>/<image>`` is the file ``<root>/inputs/<job>/<image>``; the base class
+has already refused any key that could escape the root. Writes go to a temporary file in
+the target directory and are then renamed over the target, which is atomic on POSIX: a
+reader opens either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from dlaas.errors import InvalidKey, ObjectNotFound, StorageError
+from dlaas.storage.base import Storage, validate_key
+
+# Temporary names carry a "~", which no valid key segment may contain, so ``list`` can
+# never mistake a write in progress for an object.
+_TEMP_MARK = "~"
+_PUT_ATTEMPTS = 3
+
+
+class LocalStorage(Storage):
+    """A directory of files. ``fsync=True`` makes each put durable across power loss (slower)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.fsync = fsync
+        self.url = f"file://{self.root}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the storage directory {self.root}: {exc.strerror}; "
+                "choose a writable path with --storage file:///path"
+            ) from exc
+        if not self.root.is_dir():
+            raise StorageError(f"storage path {self.root} exists but is not a directory")
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/"))
+
+    def _put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        # A concurrent delete may prune the freshly made parent directory; try again then.
+        for attempt in range(_PUT_ATTEMPTS):
+            try:
+                self._write_atomic(path, data)
+                return
+            except FileNotFoundError:
+                if attempt == _PUT_ATTEMPTS - 1:
+                    raise self._error("write", key, errno.ENOENT, "directory vanished") from None
+            except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
+                raise StorageError(
+                    f"cannot write object {key!r}: a key and a key prefix collide on disk "
+                    f"({exc.filename}); use keys that are not prefixes of other keys"
+                ) from exc
+            except OSError as exc:
+                raise self._error("write", key, exc.errno, exc.strerror) from exc
+
+    def _write_atomic(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}{_TEMP_MARK}{secrets.token_hex(6)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with open(fd, "wb", closefd=True) as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        if self.fsync:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def _get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ObjectNotFound(f"no object stored under key {key!r} in {self.url}") from None
+        except OSError as exc:
+            raise self._error("read", key, exc.errno, exc.strerror) from exc
+
+    def _exists(self, key: str) -> bool:
+        try:
+            return self._path(key).is_file()
+        except OSError as exc:
+            raise self._error("check", key, exc.errno, exc.strerror) from exc
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except IsADirectoryError:
+            return  # a prefix of other keys, not an object
+        except OSError as exc:
+            raise self._error("delete", key, exc.errno, exc.strerror) from exc
+        self._prune(path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        """Remove directories the delete left empty, so finished jobs leave no husks."""
+        while directory != self.root and self.root in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return  # not empty (or already gone): stop climbing
+            directory = directory.parent
+
+    def _list(self, prefix: str) -> Iterator[str]:
+        # Walk only the deepest directory the prefix names, then filter by the rest.
+        head, _, _ = prefix.rpartition("/")
+        start = self._path(head) if head else self.root
+        base = head + "/" if head else ""
+        try:
+            keys = list(self._walk(start, base))
+        except OSError as exc:
+            raise self._error("list", prefix or "<all>", exc.errno, exc.strerror) from exc
+        return (key for key in keys if key.startswith(prefix))
+
+    def _walk(self, directory: Path, base: str) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            if _TEMP_MARK in entry.name:
+                continue
+            key = base + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), key + "/")
+            elif entry.is_file(follow_symlinks=False) and _is_key(key):
+                yield key
+
+    def _error(self, action: str, key: str, code: int | None, reason: str | None) -> StorageError:
+        detail = reason or (os.strerror(code) if code else "unknown error")
+        return StorageError(
+            f"could not {action} object {key!r} in {self.url}: {detail}; "
+            "check that the disk has space and the directory is writable, then retry"
+        )
+
+
+def _is_key(key: str) -> bool:
+    """Files that are not valid keys (put there by hand) are not objects."""
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return False
+    return True

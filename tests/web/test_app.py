@@ -1,0 +1,245 @@
+"""The HTTP API end to end, in process: memory backends, a worker thread, the tiny model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dlaas import protocol
+from dlaas.errors import QueueError
+from dlaas.model import Classifier, ModelSpec
+from dlaas.queue import open_queue
+from dlaas.queue.base import Queue
+from dlaas.settings import load_settings
+from dlaas.storage import open_storage
+from dlaas.storage.base import Storage
+from dlaas.web import create_app
+from dlaas.worker import Worker
+from tests.web.test_validate import png_header_only
+
+
+class Service:
+    """An app plus a worker thread on fresh memory backends."""
+
+    def __init__(self, spec: ModelSpec, *, with_worker: bool = True, **overrides: Any) -> None:
+        name = uuid.uuid4().hex[:8]
+        self.storage: Storage = open_storage(f"memory://{name}")
+        self.queue: Queue = open_queue(f"memory://{name}", name="input")
+        self.settings = load_settings(**overrides)
+        self.app = create_app(self.settings, self.storage, self.queue)
+        self.worker = Worker(
+            storage=self.storage,
+            queue=self.queue,
+            classifier=Classifier(spec),
+            worker_id="w1",
+            idle_timeout_s=3600,
+            receive_wait_s=0.1,
+            max_batch_delay_ms=5,
+        )
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        if with_worker:
+            self.thread.start()
+
+    def close(self) -> None:
+        self.worker.stop()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def service(tiny_spec: ModelSpec) -> Iterator[Service]:
+    svc = Service(tiny_spec)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[TestClient]:
+    with TestClient(service.app) as c:
+        yield c
+
+
+def files(*payloads: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"img{n}.jpg", p, "image/jpeg")) for n, p in enumerate(payloads)]
+
+
+def wait_complete(client: TestClient, job_id: str) -> dict[str, Any]:
+    """Follow the job's event stream to its end, then read the job."""
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        for line in response.iter_lines():
+            if line.startswith("event: end"):
+                break
+    body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+    return body
+
+
+def test_job_upload_returns_202_and_completes(
+    client: TestClient, photo: Callable[[str], bytes]
+) -> None:
+    images = [photo("chelsea"), photo("coffee"), photo("rocket")]
+    response = client.post("/v1/jobs", files=files(*images))
+    assert response.status_code == 202
+    body = response.json()
+    assert len(body["images"]) == 3
+    assert [i["filename"] for i in body["images"]] == ["img0.jpg", "img1.jpg", "img2.jpg"]
+
+    job = wait_complete(client, body["job_id"])
+    assert job["status"] == "complete"
+    assert job["counts"] == {"total": 3, "queued": 0, "done": 3, "failed": 0}
+    for result in job["results"]:
+        assert len(result["predictions"]) == 5
+        scores = [p["score"] for p in result["predictions"]]
+        assert scores == sorted(scores, reverse=True)
+        assert {"class_id", "label", "score"} <= set(result["predictions"][0])
+        assert result["worker_id"] == "w1"
+        assert result["filename"].startswith("img")
+
+
+def test_event_stream_sends_each_result_then_end(client: TestClient, small_jpeg: bytes) -> None:
+    job_id = client.post("/v1/jobs", files=files(small_jpeg, small_jpeg)).json()["job_id"]
+    events: list[tuple[str, dict[str, Any]]] = []
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        event = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line[6:])))
+                if event == "end":
+                    break
+    kinds = [e for e, _ in events]
+    assert kinds == ["job", "result", "result", "end"]
+    assert events[-1][1]["done"] == 2
+
+
+def test_classify_waits_for_top5(client: TestClient, small_jpeg: bytes) -> None:
+    response = client.post("/v1/classify", files={"file": ("a.png", small_jpeg, "image/png")})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["status"] == "done"
+    assert len(result["predictions"]) == 5
+    assert result["filename"] == "a.png"
+
+
+def test_compat_endpoint_returns_short_label_as_text(client: TestClient, small_jpeg: bytes) -> None:
+    response = client.post("/", files={"myfile": ("x.jpg", small_jpeg, "image/jpeg")})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text
+    assert "," not in response.text
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "error"),
+    [
+        (b"", 400, "empty_file"),
+        (b"just some text, named like a photo\n" * 20, 415, "unsupported_format"),
+        (png_header_only(100_000, 100_000), 422, "image_too_large"),
+    ],
+)
+def test_bad_uploads_get_documented_4xx(
+    client: TestClient, small_jpeg: bytes, payload: bytes, status: int, error: str
+) -> None:
+    for url, field in (("/v1/jobs", "files"), ("/v1/classify", "file"), ("/", "myfile")):
+        response = client.post(url, files={field: ("cat.jpg", payload, "image/jpeg")})
+        assert response.status_code == status, (url, response.text)
+        assert response.json()["error"] == error
+        assert response.json()["detail"]
+    ok = client.post("/", files={"myfile": ("ok.jpg", small_jpeg, "image/jpeg")})
+    assert ok.status_code == 200
+
+
+def test_oversize_upload_is_413(tiny_spec: ModelSpec, small_jpeg: bytes) -> None:
+    svc = Service(tiny_spec, max_upload_mb=0.01)
+    try:
+        with TestClient(svc.app) as client:
+            big = small_jpeg + b"\0" * 20_000
+            response = client.post("/v1/jobs", files=files(big))
+            assert response.status_code == 413
+            assert "--max-upload-mb" in response.json()["detail"]
+    finally:
+        svc.close()
+
+
+def test_a_bad_file_rejects_the_whole_job_and_stores_nothing(
+    service: Service, client: TestClient, small_jpeg: bytes
+) -> None:
+    response = client.post("/v1/jobs", files=files(small_jpeg, b"not an image at all"))
+    assert response.status_code == 415
+    assert "file 2" in response.json()["detail"]
+    assert service.storage.list("inputs/") == []
+    assert service.storage.list("jobs/") == []
+    assert service.queue.stats().visible == 0
+
+
+def test_enqueue_failure_is_an_error_not_a_half_job(
+    tiny_spec: ModelSpec, small_jpeg: bytes
+) -> None:
+    svc = Service(tiny_spec, with_worker=False)
+
+    def broken_send(_bodies: Any) -> list[str]:
+        raise QueueError("queue is down")
+
+    svc.queue.send_batch = broken_send  # type: ignore[method-assign]
+    with TestClient(svc.app) as client:
+        response = client.post("/v1/jobs", files=files(small_jpeg, small_jpeg))
+    assert response.status_code == 503
+    assert response.json()["error"] == "backend_unavailable"
+    assert svc.storage.list("inputs/") == []
+    assert svc.storage.list("jobs/") == []
+
+
+def test_classify_timeout_is_504_with_the_job_to_poll(
+    tiny_spec: ModelSpec, small_jpeg: bytes
+) -> None:
+    svc = Service(tiny_spec, with_worker=False)
+    with TestClient(svc.app) as client:
+        response = client.post(
+            "/v1/classify?timeout_s=0.3", files={"file": ("a.jpg", small_jpeg, "image/jpeg")}
+        )
+        assert response.status_code == 504
+        body = response.json()
+        assert body["error"] == "timeout"
+        poll = client.get(f"/v1/jobs/{body['job_id']}").json()
+        assert poll["counts"]["queued"] == 1
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    for job_id in ("0" * 32, "../../etc/passwd", "nope"):
+        response = client.get(f"/v1/jobs/{job_id}")
+        assert response.status_code == 404
+        assert response.json()["error"] in ("job_not_found", "not_found")
+
+
+def test_missing_field_says_which_field(client: TestClient, small_jpeg: bytes) -> None:
+    response = client.post("/", files={"wrong": ("x.jpg", small_jpeg, "image/jpeg")})
+    assert response.status_code == 400
+    assert "myfile" in response.json()["detail"]
+
+
+def test_health_ready_docs(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs").status_code == 200
+    assert client.get("/").status_code == 200
+
+
+def test_results_are_stored_under_the_documented_layout(
+    service: Service, client: TestClient, small_jpeg: bytes
+) -> None:
+    body = client.post("/v1/jobs", files=files(small_jpeg)).json()
+    wait_complete(client, body["job_id"])
+    image_id = body["images"][0]["image_id"]
+    assert service.storage.exists(protocol.input_key(body["job_id"], image_id))
+    assert service.storage.exists(protocol.result_key(body["job_id"], image_id))
+    manifest = service.storage.get_json(protocol.manifest_key(body["job_id"]))
+    assert manifest["images"][0]["filename"] == "img0.jpg"
