@@ -113,3 +113,36 @@ def test_a_bad_upload_does_not_stop_the_service(
     assert bad.status_code == 422
     good = httpx.post(server.url + "/", files={"myfile": ("cat.jpg", photo("chelsea"))}, timeout=60)
     assert good.status_code == 200
+
+
+def test_classify_command_prints_labels_and_writes_files(
+    server: ServeProcess, photo: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        (folder / f"{name}.jpg").write_bytes(photo(name))
+    cmd = [sys.executable, "-m", "dlaas", "classify", str(folder), "--url", server.url]
+    table = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    assert any(label in table.stdout for label in ("tabby", "tiger cat", "Egyptian cat"))
+    assert any(label in table.stdout for label in ("espresso", "cup", "coffee mug"))
+    assert any(label in table.stdout for label in ("missile", "projectile", "space shuttle"))
+
+    out = tmp_path / "results.json"
+    assert subprocess.run([*cmd, "--output", str(out)], timeout=120).returncode == 0
+    rows = json.loads(out.read_text())
+    assert sorted(r["filename"] for r in rows) == ["chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+
+    csv_out = tmp_path / "results.csv"
+    assert subprocess.run([*cmd, "--output", str(csv_out)], timeout=120).returncode == 0
+    assert csv_out.read_text().splitlines()[0].startswith("filename,image_id,status,error,label_1")
+
+    (folder / "notes.jpg").write_text("not a photo")
+    failed = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1
+    assert "notes.jpg" in failed.stdout

@@ -27,7 +27,10 @@ WORKER = (
     "batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
     "max_receives", "intra_op_threads", "worker_id",
 )  # fmt: skip
-WEB = ("host", "port", "max_upload_mb", "max_pixels", "max_files_per_job", "classify_timeout_s")
+WEB = (
+    "host", "port", "max_upload_mb", "max_pixels", "max_files_per_job", "max_backlog",
+    "classify_timeout_s",
+)  # fmt: skip
 SCALING = (
     "workers", "min_workers", "max_workers", "target_backlog_per_worker", "upscale_delay_s",
     "downscale_delay_s", "max_message_age_s", "scale_interval_s", "launcher",

@@ -64,7 +64,7 @@ def upload(
 ) -> dict[str, Any]:
     boundary = uuid.uuid4().hex
     response = client.post(
-        "/v1/jobs",
+        "/v1/jobs?partial=true",
         content=multipart_body(files, boundary, progress, task),
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
@@ -113,13 +113,23 @@ def run_classify(paths: Sequence[str], *, url: str, output: str | None, timeout_
         ):
             up = progress.add_task("uploading", total=len(files))
             job = upload(client, files, progress, up)
-            done = progress.add_task("classifying", total=len(files))
+            done = progress.add_task("classifying", total=len(job["images"]))
             results = follow(client, job["job_id"], progress, done)
     except (ClientError, httpx.HTTPError) as exc:
         console.print(f"[red]dlaas classify: {exc}[/red]")
         return 2
     order = {image["image_id"]: n for n, image in enumerate(job["images"])}
     results.sort(key=lambda r: order.get(r["image_id"], 0))
+    for refused in job.get("rejected", []):
+        results.append(
+            {
+                "image_id": "",
+                "filename": refused["filename"],
+                "status": "failed",
+                "error": f"refused ({refused['status']}): {refused['detail']}",
+                "predictions": [],
+            }
+        )
     if output:
         write_results(results, Path(output))
         console.print(f"wrote {len(results)} results to {output}")

@@ -48,10 +48,16 @@ class WebError(DlaasError):
     """A request was refused; carries the HTTP status and a user-facing detail."""
 
     def __init__(
-        self, status_code: int, error: str, detail: str, extra: dict[str, object] | None = None
+        self,
+        status_code: int,
+        error: str,
+        detail: str,
+        extra: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{error}: {detail}")
         self.status_code = status_code
         self.error = error
         self.detail = detail
         self.extra = extra or {}  # more fields for the JSON body, e.g. the job_id to poll
+        self.headers = headers or {}

@@ -60,18 +60,17 @@ def build_controller(settings: Settings, queue: Any, storage: Any) -> Any:
         max_message_age_s=settings.max_message_age_s,
     )
     launcher = build_launcher(settings, storage, fixed=fixed)
-    controller = Controller(queue, launcher, config, interval_s=settings.scale_interval_s)
-    controller.mode = "fixed" if fixed else "elastic"
-    return controller
+    return Controller(queue, launcher, config, interval_s=settings.scale_interval_s)
 
 
 def build_launcher(settings: Settings, storage: Any, *, fixed: bool) -> Any:
     if settings.launcher == "local":
-        from dlaas.scaling.launchers.local import LocalLauncher
+        from dlaas.scaling.launchers.local import LocalLauncher, health_probe
 
         return LocalLauncher(
             [sys.executable, "-m", "dlaas", "worker"],
             env=worker_env(settings, fixed=fixed),
+            probe=health_probe(storage),
         )
     raise ConfigError(f"--launcher {settings.launcher} needs the AWS settings; see docs/aws.md")
 
@@ -89,7 +88,9 @@ def run_serve(settings: Settings) -> int:
     controller = build_controller(settings, queue, storage)
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
-    app = create_app(settings, storage, queue, stats_provider=controller.stats)
+    app = create_app(
+        settings, storage, queue, stats_provider=controller.stats, on_enqueued=controller.wake
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,

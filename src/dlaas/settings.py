@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         40_000_000, gt=0, description="largest accepted image, in pixels (read from the header)"
     )
     max_files_per_job: int = Field(10_000, gt=0, description="most images in one POST /v1/jobs")
+    max_backlog: int = Field(
+        100_000, ge=1, description="refuse uploads with 429 while this many messages wait"
+    )
     classify_timeout_s: float = Field(
         30.0, gt=0, description="default wait of the synchronous endpoints"
     )

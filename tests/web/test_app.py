@@ -114,8 +114,13 @@ def test_event_stream_sends_each_result_then_end(client: TestClient, small_jpeg:
                 events.append((event, json.loads(line[6:])))
                 if event == "end":
                     break
-    kinds = [e for e, _ in events]
+    kinds = [e for e, _ in events if e != "classifying"]
     assert kinds == ["job", "result", "result", "end"]
+    # A "classifying" event, when the stream sees one, comes before that image's result.
+    for n, (event, data) in enumerate(events):
+        if event == "classifying":
+            later = [d["image_id"] for e, d in events[n:] if e == "result"]
+            assert data["image_id"] in later
     assert events[-1][1]["done"] == 2
 
 
@@ -243,3 +248,32 @@ def test_results_are_stored_under_the_documented_layout(
     assert service.storage.exists(protocol.result_key(body["job_id"], image_id))
     manifest = service.storage.get_json(protocol.manifest_key(body["job_id"]))
     assert manifest["images"][0]["filename"] == "img0.jpg"
+
+
+def test_backlog_over_the_limit_is_429_with_retry_after(
+    tiny_spec: ModelSpec, small_jpeg: bytes
+) -> None:
+    svc = Service(tiny_spec, with_worker=False, max_backlog=2)
+    with TestClient(svc.app) as client:
+        assert client.post("/v1/jobs", files=files(small_jpeg, small_jpeg)).status_code == 202
+        import time
+
+        time.sleep(1.1)  # the depth is re-read once a second
+        response = client.post("/v1/jobs", files=files(small_jpeg))
+        assert response.status_code == 429
+        assert response.headers["retry-after"] == "5"
+        assert response.json()["error"] == "busy"
+
+
+def test_partial_upload_accepts_good_files_and_lists_refused(
+    client: TestClient, small_jpeg: bytes
+) -> None:
+    response = client.post("/v1/jobs?partial=true", files=files(small_jpeg, b"", small_jpeg))
+    assert response.status_code == 202
+    body = response.json()
+    assert len(body["images"]) == 2
+    assert [(r["index"], r["status"], r["error"]) for r in body["rejected"]] == [
+        (1, 400, "empty_file")
+    ]
+    job = wait_complete(client, body["job_id"])
+    assert job["counts"]["done"] == 2

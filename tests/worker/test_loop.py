@@ -58,13 +58,14 @@ def enqueue(
     return tasks
 
 
-def drain_replies(queue: Queue) -> list[protocol.Reply]:
+def drain_replies(queue: Queue, *, final_only: bool = True) -> list[protocol.Reply]:
+    """Every reply sent so far; by default without the "classifying" notices."""
     replies = []
     reply_queue = queue.sibling("replies")
     while batch := reply_queue.receive(max_messages=10, wait_time_s=0):
         replies.extend(protocol.Reply.from_json(m.body) for m in batch)
         reply_queue.delete_batch([m.receipt for m in batch])
-    return replies
+    return [r for r in replies if not final_only or r.status != "classifying"]
 
 
 def test_one_batch_one_forward_pass(

@@ -2,7 +2,7 @@
 
 Queues live in a named broker, so ``open_queue("memory://b", name="q")`` twice in one
 process gives the same queue, and siblings of a queue share its broker. Waiting receivers
-block on one condition variable per broker; a send or an expiring visibility wakes them.
+block on their queue's condition variable until a send, or until a visibility runs out.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dlaas.errors import ReceiptInvalid
+from dlaas.queue import check_receive_args, check_visibility, validate_queue_name
 from dlaas.queue.base import (
     DEFAULT_MAX_RECEIVES,
     DEFAULT_VISIBILITY_TIMEOUT_S,
@@ -23,7 +24,6 @@ from dlaas.queue.base import (
     Queue,
     QueueStats,
 )
-from dlaas.queue import check_receive_args, check_visibility, validate_queue_name
 
 
 @dataclass
@@ -37,12 +37,21 @@ class _Entry:
 
 
 class _Broker:
+    """Every queue of one broker, behind one lock; each queue has its own wake-up condition."""
+
     def __init__(self) -> None:
-        self.cond = threading.Condition()
+        self.lock = threading.RLock()
         self.queues: dict[str, dict[str, _Entry]] = {}  # insertion order is send order
+        self._conditions: dict[str, threading.Condition] = {}
 
     def entries(self, name: str) -> dict[str, _Entry]:
         return self.queues.setdefault(name, {})
+
+    def condition(self, name: str) -> threading.Condition:
+        cond = self._conditions.get(name)
+        if cond is None:
+            cond = self._conditions[name] = threading.Condition(self.lock)
+        return cond
 
 
 _BROKERS: dict[str, _Broker] = {}
@@ -74,11 +83,11 @@ class MemoryQueue(Queue):
     def send_batch(self, bodies: Sequence[str]) -> list[str]:
         now_epoch, now = time.time(), time.monotonic()
         entries = [_Entry(uuid.uuid4().hex, str(body), now_epoch, now) for body in bodies]
-        with self._broker.cond:
+        with self._broker.lock:
             queue = self._broker.entries(self.name)
             for entry in entries:
                 queue[entry.id] = entry
-            self._broker.cond.notify_all()
+            self._broker.condition(self.name).notify_all()
         return [entry.id for entry in entries]
 
     def receive(
@@ -89,14 +98,14 @@ class MemoryQueue(Queue):
     ) -> list[Message]:
         check_receive_args(max_messages, wait_time_s, visibility_timeout_s)
         deadline = time.monotonic() + wait_time_s
-        with self._broker.cond:
+        with self._broker.lock:
             while True:
                 now = time.monotonic()
                 messages, next_visible_at = self._take(max_messages, visibility_timeout_s, now)
                 if messages or now >= deadline:
                     return messages
                 wake_at = deadline if next_visible_at is None else min(deadline, next_visible_at)
-                self._broker.cond.wait(max(0.0, wake_at - now))
+                self._broker.condition(self.name).wait(max(0.0, wake_at - now))
 
     def _take(
         self, max_messages: int, visibility_timeout_s: float, now: float
@@ -104,16 +113,15 @@ class MemoryQueue(Queue):
         """Deliver visible messages (dead-lettering exhausted ones); else say when one returns."""
         queue = self._broker.entries(self.name)
         messages: list[Message] = []
+        dead: list[_Entry] = []
         next_visible_at: float | None = None
-        for entry in list(queue.values()):
+        for entry in queue.values():
             if entry.visible_at > now:
                 if next_visible_at is None or entry.visible_at < next_visible_at:
                     next_visible_at = entry.visible_at
                 continue
             if self._dead_lettering and entry.receive_count >= self.max_receives:
-                del queue[entry.id]
-                entry.receive_count, entry.receipt, entry.visible_at = 0, None, now
-                self._broker.entries(self.name + DLQ_SUFFIX)[entry.id] = entry
+                dead.append(entry)
                 continue
             entry.receive_count += 1
             entry.receipt = f"{entry.id}.{secrets.token_hex(8)}"
@@ -123,8 +131,15 @@ class MemoryQueue(Queue):
             )
             if len(messages) == max_messages:
                 break
+        if dead:
+            dlq = self._broker.entries(self.name + DLQ_SUFFIX)
+            for entry in dead:
+                del queue[entry.id]
+                entry.receive_count, entry.receipt, entry.visible_at = 0, None, now
+                dlq[entry.id] = entry
+            self._broker.condition(self.name + DLQ_SUFFIX).notify_all()
         if messages and visibility_timeout_s == 0:
-            self._broker.cond.notify_all()  # they are visible again at once
+            self._broker.condition(self.name).notify_all()  # they are visible again at once
         return messages, next_visible_at
 
     @property
@@ -139,19 +154,19 @@ class MemoryQueue(Queue):
         return entry
 
     def delete(self, receipt: str) -> None:
-        with self._broker.cond:
+        with self._broker.lock:
             entry = self._find(receipt)
             if entry is not None:
                 del self._broker.entries(self.name)[entry.id]
 
     def delete_batch(self, receipts: Sequence[str]) -> None:
-        with self._broker.cond:
+        with self._broker.lock:
             for receipt in receipts:
-                self.delete(receipt)  # the condition's lock is re-entrant
+                self.delete(receipt)  # the broker's lock is re-entrant
 
     def change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
         check_visibility(visibility_timeout_s)
-        with self._broker.cond:
+        with self._broker.lock:
             entry = self._find(receipt)
             if entry is None:
                 raise ReceiptInvalid(
@@ -159,11 +174,11 @@ class MemoryQueue(Queue):
                     "deleted or delivered again since; stop working on it"
                 )
             entry.visible_at = time.monotonic() + visibility_timeout_s
-            self._broker.cond.notify_all()
+            self._broker.condition(self.name).notify_all()
 
     def stats(self) -> QueueStats:
         now, now_epoch = time.monotonic(), time.time()
-        with self._broker.cond:
+        with self._broker.lock:
             entries = list(self._broker.entries(self.name).values())
             dead = len(self._broker.queues.get(self.name + DLQ_SUFFIX, {}))
         visible = sum(1 for e in entries if e.visible_at <= now)
@@ -179,9 +194,9 @@ class MemoryQueue(Queue):
         return MemoryQueue(self.broker_name, name, max_receives=self.max_receives)
 
     def purge(self) -> None:
-        with self._broker.cond:
+        with self._broker.lock:
             self._broker.entries(self.name).clear()
 
     def destroy(self) -> None:
-        with self._broker.cond:
+        with self._broker.lock:
             self._broker.queues.pop(self.name, None)

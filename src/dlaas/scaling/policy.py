@@ -27,7 +27,7 @@ DEFAULT_DOWNSCALE_DELAY_S = 15.0
 Direction = Literal["up", "down"]
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
@@ -60,7 +60,7 @@ class PolicyConfig:
 
     target_backlog_per_worker: int = 4 * DEFAULT_BATCH_SIZE
     min_workers: int = 0
-    max_workers: int = field(default_factory=_cpu_count)
+    max_workers: int = field(default_factory=cpu_count)
     upscale_delay_s: float = DEFAULT_UPSCALE_DELAY_S
     downscale_delay_s: float = DEFAULT_DOWNSCALE_DELAY_S
     max_message_age_s: float | None = None
@@ -68,9 +68,8 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         problems = []
         if self.target_backlog_per_worker < 1:
-            problems.append(
-                f"target_backlog_per_worker must be at least 1, got {self.target_backlog_per_worker}"
-            )
+            target = self.target_backlog_per_worker
+            problems.append(f"target_backlog_per_worker must be at least 1, got {target}")
         if self.min_workers < 0:
             problems.append(f"min_workers must be 0 or more, got {self.min_workers}")
         if self.max_workers < self.min_workers:
@@ -102,16 +101,22 @@ class PolicyConfig:
 
 @dataclass(frozen=True)
 class PolicyState:
-    """A change waiting out its delay: its direction, since when, and its bound.
+    """A change waiting out its delay: its direction, since when, and recent proposals.
 
-    While scaling down waits, ``bound`` is the *largest* count proposed in the window
-    (so one quiet second cannot shrink the fleet); while scaling up waits, the
-    *smallest* (so one spike cannot grow it). This is Kubernetes' stabilization window.
+    Once proposals in one direction have lasted the delay, the policy applies the
+    *largest* proposal of the last ``downscale_delay_s`` when scaling down (one quiet
+    second cannot shrink the fleet) and the *smallest* of the last ``upscale_delay_s``
+    when scaling up (one spike cannot grow it): Kubernetes' stabilization window.
     """
 
     direction: Direction | None = None
     since_s: float = 0.0
-    bound: int = 0
+    window: tuple[tuple[float, int], ...] = ()  # (time, proposal), oldest first
+
+    @property
+    def target(self) -> int | None:
+        """The latest proposal while a change waits, else None."""
+        return self.window[-1][1] if self.window else None
 
 
 def core_rule(snapshot: Snapshot, config: PolicyConfig) -> int:
@@ -162,16 +167,22 @@ def _stabilize(
     direction: Direction, proposal: int, snapshot: Snapshot, delay_s: float, state: PolicyState
 ) -> tuple[int, PolicyState]:
     """Hold the current count until proposals in one direction have lasted ``delay_s``."""
+    now = snapshot.now_s
     if state.direction == direction:
         since_s = state.since_s
-        pick = min if direction == "up" else max
-        bound = pick(state.bound, proposal)
+        window = (*(e for e in state.window if e[0] >= now - delay_s), (now, proposal))
     else:
-        since_s, bound = snapshot.now_s, proposal
+        since_s, window = now, ((now, proposal),)
     current = snapshot.current
-    if snapshot.now_s - since_s >= delay_s:
-        # The fleet may have changed under the window (a crash, an idle exit): never
-        # turn a pending scale-down into a scale-up, or the reverse.
-        desired = max(bound, current) if direction == "up" else min(bound, current)
+    if now - since_s < delay_s:
+        return current, PolicyState(direction, since_s, window)
+    proposals = [p for _, p in window]
+    # The fleet may have changed under the window (a crash, an idle exit): never
+    # turn a pending scale-down into a scale-up, or the reverse.
+    up = direction == "up"
+    desired = max(min(proposals), current) if up else min(max(proposals), current)
+    if desired == proposal:
         return desired, PolicyState()
-    return current, PolicyState(direction, since_s, bound)
+    # Only part of the way: keep the window so the rest follows as older proposals
+    # age out of it, with no fresh delay.
+    return desired, PolicyState(direction, since_s, window)

@@ -8,7 +8,6 @@ reader opens either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from dlaas.storage.base import Storage, validate_key
 # Temporary names carry a "~", which no valid key segment may contain, so ``list`` can
 # never mistake a write in progress for an object.
 _TEMP_MARK = "~"
-_PUT_ATTEMPTS = 3
+_PUT_ATTEMPTS = 5
 
 
 class LocalStorage(Storage):
@@ -30,6 +29,11 @@ class LocalStorage(Storage):
         self.root = Path(root).expanduser().resolve()
         self.fsync = fsync
         self.url = f"file://{self.root}"
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(
+                f"storage path {self.root} exists but is not a directory; "
+                "point --storage file:///path at a directory"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -37,29 +41,40 @@ class LocalStorage(Storage):
                 f"cannot create the storage directory {self.root}: {exc.strerror}; "
                 "choose a writable path with --storage file:///path"
             ) from exc
-        if not self.root.is_dir():
-            raise StorageError(f"storage path {self.root} exists but is not a directory")
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*key.split("/"))
 
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        # A concurrent delete may prune the freshly made parent directory; try again then.
+        # A concurrent delete may prune a parent directory between our mkdir and our write;
+        # that shows as a missing or "not a directory" path, and a second try succeeds.
         for attempt in range(_PUT_ATTEMPTS):
             try:
                 self._write_atomic(path, data)
                 return
-            except FileNotFoundError:
-                if attempt == _PUT_ATTEMPTS - 1:
-                    raise self._error("write", key, errno.ENOENT, "directory vanished") from None
-            except (NotADirectoryError, IsADirectoryError, FileExistsError) as exc:
-                raise StorageError(
-                    f"cannot write object {key!r}: a key and a key prefix collide on disk "
-                    f"({exc.filename}); use keys that are not prefixes of other keys"
-                ) from exc
+            except (
+                FileNotFoundError,
+                NotADirectoryError,
+                IsADirectoryError,
+                FileExistsError,
+            ) as exc:
+                if attempt < _PUT_ATTEMPTS - 1 and not self._collides(path):
+                    continue
+                if self._collides(path):
+                    raise StorageError(
+                        f"cannot write object {key!r}: a key and a key prefix collide on disk; "
+                        "use keys that are not prefixes of other keys"
+                    ) from exc
+                raise self._error("write", key, exc.errno, exc.strerror) from exc
             except OSError as exc:
                 raise self._error("write", key, exc.errno, exc.strerror) from exc
+
+    def _collides(self, path: Path) -> bool:
+        """True if the key is a directory, or one of its parents is a file."""
+        if path.is_dir():
+            return True
+        return any(parent.is_file() for parent in path.parents if self.root in parent.parents)
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -29,6 +30,7 @@ from dlaas.queue.base import Queue
 from dlaas.settings import Settings
 from dlaas.storage.base import Storage
 from dlaas.web.ingest import JobService, PendingJob
+from dlaas.web.metrics import Metrics
 from dlaas.web.replies import ReplyHub
 
 log = logging.getLogger("dlaas.web")
@@ -42,12 +44,29 @@ def create_app(
     queue: Queue,
     *,
     stats_provider: Callable[[], dict[str, Any]] | None = None,
+    on_enqueued: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """Build the app around already-open backends; ``stats_provider`` is the controller's."""
+    """Build the app around already-open backends.
+
+    ``stats_provider`` is the controller's ``stats``; ``on_enqueued`` its ``wake``, so an
+    idle service starts workers the moment a job arrives rather than at the next tick.
+    """
     hub = ReplyHub(queue, storage)
+    metrics = Metrics()
+
+    def accepted(n: int) -> None:
+        metrics.images_accepted(n)
+        if on_enqueued is not None:
+            on_enqueued()
+
     service = JobService(
-        storage, queue, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_pixels
+        storage,
+        queue,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
+        on_accepted=accepted,
     )
+    hub.on_reply = metrics.observe_reply
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +85,7 @@ def create_app(
     app.state.hub = hub
     app.state.service = service
     app.state.settings = settings
+    app.state.metrics = metrics
 
     # Errors: every refusal is {"error": ..., "detail": ...} --------------------
 
@@ -73,7 +93,7 @@ def create_app(
     async def _web_error(_request: Request, exc: WebError) -> JSONResponse:
         body: dict[str, Any] = {"error": exc.error, "detail": exc.detail}
         body.update(exc.extra)
-        return JSONResponse(body, status_code=exc.status_code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(DlaasError)
     async def _backend_error(_request: Request, exc: DlaasError) -> JSONResponse:
@@ -99,6 +119,22 @@ def create_app(
 
     # Upload helpers ----------------------------------------------------------
 
+    backlog = {"visible": 0, "checked_at": 0.0}
+
+    async def check_backlog() -> None:
+        """429 while the queue is over ``--max-backlog``; the depth is re-read once a second."""
+        now = time.monotonic()
+        if now - backlog["checked_at"] >= 1.0:
+            backlog["visible"] = (await run_in_threadpool(queue.stats)).visible
+            backlog["checked_at"] = now
+        if backlog["visible"] >= settings.max_backlog:
+            raise WebError(
+                429,
+                "busy",
+                f"{backlog['visible']} images are waiting; retry in a few seconds",
+                headers={"Retry-After": "5"},
+            )
+
     def check_length(request: Request, limit_bytes: int) -> None:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit_bytes:
@@ -110,6 +146,7 @@ def create_app(
             )
 
     async def form_files(request: Request, field: str, max_files: int) -> list[UploadFile]:
+        await check_backlog()
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise WebError(
@@ -141,15 +178,17 @@ def create_app(
 
     async def classify_one(request: Request, field: str, timeout_s: float) -> dict[str, Any]:
         check_length(request, settings.max_upload_bytes + 1024 * 1024)
-        upload = (await form_files(request, field, max_files=1))[0]
-        data = await read_upload(upload)
+        try:
+            upload = (await form_files(request, field, max_files=1))[0]
+            data = await read_upload(upload)
+            filename = upload.filename or "upload"
+        finally:
+            await request.close()  # removes the spooled upload file
         job = PendingJob()
         image_id = protocol.new_id()
         future = hub.expect(image_id)
         try:
-            await run_in_threadpool(
-                _submit_one, service, job, upload.filename or "upload", data, image_id, hub.name
-            )
+            await run_in_threadpool(_submit_one, service, job, filename, data, image_id, hub.name)
         except BaseException:
             hub.forget(image_id)
             raise
@@ -157,14 +196,13 @@ def create_app(
             reply = await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             hub.forget(image_id)
-            exc = WebError(
+            raise WebError(
                 504,
                 "timeout",
                 f"no result within {timeout_s:g} s; the image is queued, poll "
                 f"GET /v1/jobs/{job.job_id} for it",
-            )
-            exc.extra = {"job_id": job.job_id, "image_id": image_id}
-            raise exc from None
+                extra={"job_id": job.job_id, "image_id": image_id},
+            ) from None
         result = await run_in_threadpool(service.result, reply.job_id, reply.image_id)
         result["filename"] = job.images[0]["filename"]
         return result
@@ -172,23 +210,53 @@ def create_app(
     # Routes ------------------------------------------------------------------
 
     @app.post("/v1/jobs", status_code=202, tags=["jobs"])
-    async def create_job(request: Request) -> JSONResponse:
+    async def create_job(
+        request: Request,
+        partial: bool = Query(
+            False,
+            description="accept the valid files and list the refused ones in `rejected`, "
+            "instead of refusing the whole job",
+        ),
+    ) -> JSONResponse:
         """Upload one or many images (multipart field ``files``) as one job."""
         check_length(request, settings.max_upload_bytes * 64 + 1024 * 1024 * 1024)
         uploads = await form_files(request, "files", max_files=settings.max_files_per_job)
         job = PendingJob()
+        rejected: list[dict[str, Any]] = []
         try:
-            for upload in uploads:
-                data = await read_upload(upload)
-                await run_in_threadpool(service.add, job, upload.filename or "upload", data)
+            for index, upload in enumerate(uploads):
+                try:
+                    data = await read_upload(upload)
+                    await run_in_threadpool(service.add, job, upload.filename or "upload", data)
+                except WebError as exc:
+                    if not partial:
+                        raise
+                    rejected.append(
+                        {
+                            "index": index,
+                            "filename": upload.filename or "upload",
+                            "status": exc.status_code,
+                            "error": exc.error,
+                            "detail": exc.detail,
+                        }
+                    )
+            if partial and not job.images:
+                raise WebError(
+                    422, "no_valid_files", "every file was refused", extra={"rejected": rejected}
+                )
             manifest = await run_in_threadpool(service.commit, job, hub.name)
         except BaseException:
             await run_in_threadpool(service.abort, job)
             raise
+        finally:
+            await request.close()  # removes the spooled upload files
         images = [
             {"image_id": i["image_id"], "filename": i["filename"]} for i in manifest["images"]
         ]
-        return JSONResponse({"job_id": job.job_id, "images": images}, status_code=202)
+        body: dict[str, Any] = {"job_id": job.job_id, "images": images}
+        if partial:
+            body["rejected"] = rejected
+        return JSONResponse(body, status_code=202)
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     async def get_job(job_id: str) -> dict[str, Any]:
@@ -315,6 +383,12 @@ def create_app(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition: queue, workers, images, latency histograms."""
+        body, content_type = metrics.render(await current_stats())
+        return Response(body, media_type=content_type)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -7,6 +7,7 @@ worker's own idle exit.
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,16 +32,16 @@ class Launcher(ABC):
     """Starts and drains workers; ``list`` is the launcher's view of what is alive."""
 
     @abstractmethod
-    def list(self) -> list[WorkerInfo]:
+    def list(self) -> builtins.list[WorkerInfo]:
         """Workers that are starting, running or draining (not the ones gone)."""
 
     @abstractmethod
-    def launch(self, n: int) -> list[str]:
+    def launch(self, n: int) -> builtins.list[str]:
         """Start ``n`` more workers; return their IDs."""
 
     @abstractmethod
     def drain(self, worker_ids: Sequence[str]) -> None:
         """Ask these workers to finish the batch in hand and exit."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Stop tracking; local launchers also drain what they started."""

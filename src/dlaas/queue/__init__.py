@@ -1,0 +1,123 @@
+"""Message queues with SQS semantics, chosen by URL: ``memory://``, ``sqlite://``, ``sqs://``."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from dlaas.errors import ConfigError, QueueError
+from dlaas.queue.base import DEFAULT_MAX_RECEIVES, Message, Queue, QueueStats
+
+__all__ = [
+    "ACCEPTED_SCHEMES",
+    "DEFAULT_QUEUE_NAME",
+    "Message",
+    "Queue",
+    "QueueStats",
+    "check_receive_args",
+    "check_visibility",
+    "open_queue",
+    "validate_queue_name",
+]
+
+ACCEPTED_SCHEMES = ("memory", "sqlite", "sqs", "https")
+DEFAULT_QUEUE_NAME = "dlaas-input"
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")  # what SQS accepts, so names port to it
+
+
+def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
+    """Open a queue. The name comes from ``name``, else ``?name=`` in the URL, else the default.
+
+    - ``memory://BROKER``: in-process; queues with one BROKER in one process are siblings.
+    - ``sqlite:///abs/path/queue.db`` or ``sqlite://relative/queue.db``: one file, many
+      queues, safe across processes. Extra options: ``poll_interval_s``, ``busy_timeout_s``.
+    - ``sqs://NAME`` or ``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME``: needs dlaas[aws].
+
+    Every backend takes ``max_receives`` (default 5): deliveries before dead-lettering.
+    """
+    parsed = urlparse(url)
+    scheme = parsed.scheme
+    if scheme in ("sqs", "https"):
+        try:
+            from dlaas.queue.sqs import SqsQueue
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("boto3", "botocore"):
+                raise
+            raise ConfigError(
+                f"queue URL {url!r} needs boto3, which is not installed; "
+                "install dlaas[aws] (pip install 'dlaas[aws]')"
+            ) from exc
+        queue: Queue = SqsQueue.from_url(url, name=name, **options)
+        return queue
+    if scheme not in ("memory", "sqlite"):
+        accepted = ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES)
+        raise ConfigError(f"unknown queue URL {url!r}; accepted schemes: {accepted}")
+
+    query = parse_qs(parsed.query)
+    unknown = sorted(set(query) - {"name"})
+    if unknown:
+        raise ConfigError(
+            f"queue URL {url!r} has unknown parameter(s) {', '.join(unknown)}; "
+            "the only one accepted is ?name=QUEUE"
+        )
+    queue_name = name or (query.get("name") or [DEFAULT_QUEUE_NAME])[0]
+    max_receives = options.pop("max_receives", DEFAULT_MAX_RECEIVES)
+    if not isinstance(max_receives, int) or max_receives < 1:
+        raise ConfigError(f"max_receives must be a whole number >= 1, not {max_receives!r}")
+    try:
+        validate_queue_name(queue_name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+    if scheme == "memory":
+        from dlaas.queue.memory import MemoryQueue
+
+        _refuse_options(url, options, allowed=())
+        broker = (parsed.netloc + parsed.path).strip("/") or "default"
+        return MemoryQueue(broker, queue_name, max_receives=max_receives)
+
+    from dlaas.queue.sqlite import SqliteQueue
+
+    _refuse_options(url, options, allowed=("poll_interval_s", "busy_timeout_s"))
+    path = unquote(parsed.netloc + parsed.path)
+    if not path or path.endswith("/"):
+        raise ConfigError(f"queue URL {url!r} names no database file; use sqlite:///path/queue.db")
+    try:
+        return SqliteQueue(path, queue_name, max_receives=max_receives, **options)
+    except QueueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def validate_queue_name(name: str) -> str:
+    """Queue names follow SQS rules so that a setup moves to SQS unchanged."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"queue name {name!r} is invalid; use 1-80 characters from A-Z a-z 0-9 _ -"
+        )
+    return name
+
+
+def check_receive_args(max_messages: int, wait_time_s: float, visibility_timeout_s: float) -> None:
+    if max_messages < 1:
+        raise ValueError(f"max_messages must be >= 1, not {max_messages}")
+    if not (wait_time_s >= 0 and math.isfinite(wait_time_s)):
+        raise ValueError(f"wait_time_s must be a finite number >= 0, not {wait_time_s}")
+    check_visibility(visibility_timeout_s)
+
+
+def check_visibility(visibility_timeout_s: float) -> None:
+    if not (visibility_timeout_s >= 0 and math.isfinite(visibility_timeout_s)):
+        raise ValueError(
+            f"visibility_timeout_s must be a finite number >= 0, not {visibility_timeout_s}"
+        )
+
+
+def _refuse_options(url: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        accepted = ", ".join(("max_receives", *allowed))
+        raise ConfigError(
+            f"queue URL {url!r} does not take option(s) {', '.join(unknown)}; accepted: {accepted}"
+        )

@@ -1,0 +1,170 @@
+"""What every Storage backend must do; a backend is done when this suite passes.
+
+Use it by subclassing and providing a ``storage`` fixture that yields a fresh, empty store:
+
+    class TestLocalStorage(StorageConformance):
+        @pytest.fixture
+        def storage(self, tmp_path: Path) -> Storage:
+            return LocalStorage(tmp_path)
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dlaas.errors import InvalidKey, ObjectNotFound, StorageError
+from dlaas.storage.base import Storage
+
+BAD_KEYS = [
+    "",
+    "..",
+    "../escape",
+    "inputs/../../etc/passwd",
+    "inputs/./x",
+    "/abs/path",
+    "\\windows",
+    "inputs//double",
+    "trailing/",
+    "nul\x00byte",
+    "space in name",
+    "uml\u00e4ut",
+    "a" * 513,
+]
+
+
+class StorageConformance:
+    # put / get ----------------------------------------------------------------
+
+    def test_put_then_get_returns_the_bytes(self, storage: Storage) -> None:
+        storage.put("inputs/job1/img1", b"hello")
+        assert storage.get("inputs/job1/img1") == b"hello"
+
+    def test_binary_bytes_round_trip_exactly(self, storage: Storage) -> None:
+        data = bytes(range(256)) * 4 + b"\r\n\x00\xff"
+        storage.put("bin/all-bytes", data)
+        assert storage.get("bin/all-bytes") == data
+
+    def test_empty_object_is_an_object(self, storage: Storage) -> None:
+        storage.put("empty", b"")
+        assert storage.get("empty") == b""
+        assert storage.exists("empty")
+        assert storage.list() == ["empty"]
+
+    def test_overwrite_replaces_the_whole_object(self, storage: Storage) -> None:
+        storage.put("k", b"a much longer first version")
+        storage.put("k", b"short")
+        assert storage.get("k") == b"short"
+        assert storage.list() == ["k"]
+
+    def test_large_object_round_trips(self, storage: Storage) -> None:
+        data = os.urandom(5 * 1024 * 1024 + 7)
+        storage.put("big/blob", data)
+        assert storage.get("big/blob") == data
+
+    # missing keys -----------------------------------------------------------------
+
+    def test_get_missing_raises_object_not_found(self, storage: Storage) -> None:
+        with pytest.raises(ObjectNotFound) as info:
+            storage.get("results/nope/nothing.json")
+        # Callers may catch the builtin, or the subsystem error, as they prefer.
+        assert isinstance(info.value, FileNotFoundError)
+        assert isinstance(info.value, StorageError)
+        assert "results/nope/nothing.json" in str(info.value)
+
+    def test_prefix_of_a_key_is_not_an_object(self, storage: Storage) -> None:
+        storage.put("jobs/j1/manifest.json", b"{}")
+        assert not storage.exists("jobs/j1")
+        with pytest.raises(ObjectNotFound):
+            storage.get("jobs/j1")
+
+    def test_exists(self, storage: Storage) -> None:
+        assert not storage.exists("x/y")
+        storage.put("x/y", b"1")
+        assert storage.exists("x/y")
+
+    def test_delete_removes_and_is_idempotent(self, storage: Storage) -> None:
+        storage.put("d/one", b"1")
+        storage.put("d/two", b"2")
+        storage.delete("d/one")
+        assert not storage.exists("d/one")
+        assert storage.get("d/two") == b"2"
+        storage.delete("d/one")  # already gone: no error
+        storage.delete("never/was")
+        assert storage.list() == ["d/two"]
+
+    def test_key_can_be_written_again_after_delete(self, storage: Storage) -> None:
+        storage.put("r/x", b"1")
+        storage.delete("r/x")
+        storage.put("r/x", b"2")
+        assert storage.get("r/x") == b"2"
+
+    # list -----------------------------------------------------------------
+
+    def test_list_empty_store(self, storage: Storage) -> None:
+        assert storage.list() == []
+        assert storage.list("inputs/") == []
+
+    def test_list_by_prefix_is_sorted_and_complete(self, storage: Storage) -> None:
+        keys = [
+            "inputs/j1/b",
+            "inputs/j1/a",
+            "inputs/j10/a",
+            "inputs/j2/a",
+            "results/j1/a.json",
+            "jobs/j1.json",
+        ]
+        for key in keys:
+            storage.put(key, key.encode())
+        assert storage.list() == sorted(keys)
+        assert storage.list("inputs/j1/") == ["inputs/j1/a", "inputs/j1/b"]
+        # A prefix is a string prefix, not a directory: "inputs/j1" also matches j10.
+        assert storage.list("inputs/j1") == ["inputs/j1/a", "inputs/j1/b", "inputs/j10/a"]
+        assert storage.list("jobs/") == ["jobs/j1.json"]
+        assert storage.list("results/j1/a.json") == ["results/j1/a.json"]
+        assert storage.list("nothing/") == []
+
+    def test_list_many_keys(self, storage: Storage) -> None:
+        keys = [f"many/{i:04d}" for i in range(120)]
+        for key in keys:
+            storage.put(key, b"")
+        assert storage.list("many/") == keys
+
+    def test_list_rejects_an_unsafe_prefix(self, storage: Storage) -> None:
+        with pytest.raises(InvalidKey):
+            storage.list("../")
+
+    # keys -----------------------------------------------------------------
+
+    @pytest.mark.parametrize("key", BAD_KEYS)
+    def test_unsafe_keys_are_refused_everywhere(self, storage: Storage, key: str) -> None:
+        for call in (
+            lambda: storage.put(key, b"x"),
+            lambda: storage.get(key),
+            lambda: storage.exists(key),
+            lambda: storage.delete(key),
+        ):
+            with pytest.raises(InvalidKey):
+                call()
+        assert storage.list() == []
+
+    def test_invalid_key_is_a_value_error(self, storage: Storage) -> None:
+        with pytest.raises(ValueError, match=r"'\.\.'"):
+            storage.put("a/../b", b"x")
+
+    def test_allowed_key_characters(self, storage: Storage) -> None:
+        key = "inputs/AZaz09._=-/img_1.v2=x-y"
+        storage.put(key, b"ok")
+        assert storage.list("inputs/") == [key]
+
+    # json helpers -------------------------------------------------------------
+
+    def test_json_round_trip(self, storage: Storage) -> None:
+        value = {"job_id": "j1", "images": [{"id": "a", "filename": "caf\u00e9.jpg"}], "n": 1.5}
+        storage.put_json("jobs/j1.json", value)
+        assert storage.get_json("jobs/j1.json") == value
+
+    def test_json_of_missing_key_raises_object_not_found(self, storage: Storage) -> None:
+        with pytest.raises(ObjectNotFound):
+            storage.get_json("jobs/missing.json")
