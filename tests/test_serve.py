@@ -63,10 +63,11 @@ def test_100_concurrent_workload_generator_requests(
 
 
 def test_1000_image_job_has_exactly_1000_results_and_flat_memory(
-    server: ServeProcess, photo: Callable[[str], bytes]
+    server: ServeProcess, photo: Callable[[str], bytes], request: pytest.FixtureRequest
 ) -> None:
     photos = [photo(n) for n in ("chelsea", "coffee", "rocket", "astronaut")]
     client = httpx.Client(base_url=server.url, timeout=120)
+    request.addfinalizer(client.close)
 
     def run_job(n: int) -> dict[str, object]:
         files = [("files", (f"{i}.jpg", photos[i % len(photos)])) for i in range(n)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -115,6 +116,10 @@ def run_serve(settings: Settings) -> int:
             "queue": settings.queue_url,
         },
     )
+    # uvicorn re-raises the stop signal once it has shut down; with these handlers in
+    # place that lands here instead of killing the process before workers are drained.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     thread.start()
     try:
         server.run()
@@ -129,8 +134,6 @@ def run_serve(settings: Settings) -> int:
 
 def run_controller(settings: Settings) -> int:
     """The autoscaler alone, for deployments where the web tier runs elsewhere."""
-    import signal
-
     storage = open_storage_from(settings)
     queue = open_queue_from(settings)
     if settings.launcher == "local":

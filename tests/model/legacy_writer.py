@@ -54,17 +54,24 @@ class Tensor:
     rebuild: Global = field(default_factory=lambda: Global("torch._utils", "_rebuild_tensor_v2"))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        args = (self.storage, self.offset, self.shape, self.stride, False, collections.OrderedDict())
+        args: tuple[Any, ...] = (
+            self.storage,
+            self.offset,
+            self.shape,
+            self.stride,
+            False,
+            collections.OrderedDict(),
+        )
         return (self.rebuild, args)
 
 
 class _Pickler(pickle._Pickler):  # the pure-Python pickler lets us write any global by name
-    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+    dispatch = pickle._Pickler.dispatch.copy()
 
     def save_marker(self, obj: Global) -> None:
         self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())  # type: ignore[attr-defined]
 
-    dispatch[Global] = save_marker
+    dispatch[Global] = save_marker  # type: ignore[assignment]
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, Storage):
@@ -89,7 +96,9 @@ def legacy_bytes(state: dict[str, Any], storages: list[Storage]) -> bytes:
     """``state`` maps names to Tensor (or anything, for hostile files)."""
     out = header() + dumps(collections.OrderedDict(state)) + dumps(sorted(s.key for s in storages))
     for s in sorted(storages, key=lambda s: s.key):
-        out += struct.pack("<q", s.data.size) + s.data.astype(s.data.dtype.newbyteorder("<")).tobytes()
+        out += (
+            struct.pack("<q", s.data.size) + s.data.astype(s.data.dtype.newbyteorder("<")).tobytes()
+        )
     return out
 
 

@@ -32,7 +32,9 @@ def test_same_padding_matches_tensorflow(
     assert same_padding(size, kernel, stride) == expected
 
 
-def _run(nodes_from: _GraphBuilder, x_name: str, y_name: str, x: np.ndarray, out_ch: int) -> np.ndarray:
+def _run(
+    nodes_from: _GraphBuilder, x_name: str, y_name: str, x: np.ndarray, out_ch: int
+) -> np.ndarray:
     graph = helper.make_graph(
         nodes_from.nodes,
         "t",
@@ -103,7 +105,7 @@ def test_missing_or_extra_tensors_are_refused(lite0_weights: dict[str, np.ndarra
         build_efficientnet_lite0(missing)
 
     extra = {**lite0_weights, "_blocks.3._se_reduce.weight": np.zeros((1, 1), np.float32)}
-    with pytest.raises(ModelError, match="does not use: _blocks.3._se_reduce.weight"):
+    with pytest.raises(ModelError, match=r"does not use: _blocks\.3\._se_reduce\.weight"):
         build_efficientnet_lite0(extra)
 
     reshaped = {**lite0_weights, "_fc.weight": np.zeros((10, 1280), np.float32)}

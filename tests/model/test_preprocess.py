@@ -42,7 +42,9 @@ def test_normalises_to_the_reference_scale_in_nchw() -> None:
 
 
 def test_nhwc_layout_and_custom_mean_std() -> None:
-    pp = Preprocessing(input_size=64, resize_size=64, mean=(10, 20, 30), std=(2, 4, 5), layout="NHWC")
+    pp = Preprocessing(
+        input_size=64, resize_size=64, mean=(10, 20, 30), std=(2, 4, 5), layout="NHWC"
+    )
     data = encode(Image.new("RGB", (80, 64), (50, 60, 80)), "PNG")
 
     array = prepare_image(data, pp)
@@ -183,7 +185,9 @@ def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` but whose pixel data is a few bytes."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 16)
@@ -216,9 +220,17 @@ def _corrupt_middle_jpeg() -> bytes:
         (b"GIF89a" + b"\x00" * 20, "corrupt|not an image"),
     ],
     ids=[
-        "empty", "text", "random", "bomb", "over-limit", "short-pixel-data",
-        "truncated-jpeg", "corrupt-jpeg", "jpeg-magic-only", "gif-magic-only",
-    ],  # fmt: skip
+        "empty",
+        "text",
+        "random",
+        "bomb",
+        "over-limit",
+        "short-pixel-data",
+        "truncated-jpeg",
+        "corrupt-jpeg",
+        "jpeg-magic-only",
+        "gif-magic-only",
+    ],
 )
 def test_malformed_input_raises_image_error(data: bytes, reason: str) -> None:
     with pytest.raises(ImageError, match=reason):

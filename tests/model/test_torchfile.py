@@ -43,7 +43,7 @@ def test_reads_the_shipped_lite0_weights() -> None:
 
 def test_round_trips_dtypes_and_shapes(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "conv.weight": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
         "scalar": np.array(7, dtype=np.int64),
         "half": rng.normal(size=5).astype(np.float16),

@@ -10,6 +10,7 @@ to :meth:`Metrics.render`. See docs/observability.md.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -22,6 +23,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector
 
 from dlaas import protocol
+
+log = logging.getLogger("dlaas.web")
 
 # Seconds, from a few ms (a warm batch) to minutes (a backlog waiting for workers).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -120,7 +123,11 @@ class Metrics:
         self.accepted.inc(n)
 
     def observe_reply(self, reply: protocol.Reply) -> None:
-        """Count one final reply and observe its timings; ``classifying`` ones are skipped."""
+        """Count one final reply, observe its timings and log its arrival.
+
+        The log line closes an image's trail: ``image_accepted`` (web), ``image_done``
+        (worker), then ``result_received`` here. ``classifying`` replies are skipped.
+        """
         if reply.status == "classifying":
             return
         (self.done if reply.status == "done" else self.failed).inc()
@@ -128,12 +135,23 @@ class Metrics:
         wait_ms = timings.get("queue_wait")
         if wait_ms is not None:
             self.queue_wait.observe(max(0.0, wait_ms) / 1000)
+        end_to_end_s = None
         if reply.enqueued_at and reply.completed_at:
-            self.end_to_end.observe(max(0.0, reply.completed_at - reply.enqueued_at))
+            end_to_end_s = max(0.0, reply.completed_at - reply.enqueued_at)
+            self.end_to_end.observe(end_to_end_s)
         infer_ms, size = timings.get("infer_batch"), timings.get("batch_size")
         if infer_ms is not None and size is not None and self._first_of_batch(infer_ms, int(size)):
             self.inference.observe(infer_ms / 1000)
             self.batch_size.observe(size)
+        log.info(
+            "result_received",
+            extra={
+                "job_id": reply.job_id,
+                "image_id": reply.image_id,
+                "status": reply.status,
+                "end_to_end_ms": None if end_to_end_s is None else round(end_to_end_s * 1000, 1),
+            },
+        )
 
     def _first_of_batch(self, infer_ms: float, size: int) -> bool:
         """True for the first reply of a batch: per-batch histograms count each batch once.

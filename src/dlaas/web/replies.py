@@ -73,7 +73,12 @@ class ReplyHub:
             self._thread.join(timeout=self.wait_time_s + 5)
         try:
             self.queue.destroy()
-            self.storage.delete(self._record_key(self.name))
+            # Mark the record stale rather than delete it: workers finishing their last
+            # batch may still reply here, and the next web process to start then removes
+            # those stragglers along with the queue.
+            self.storage.put_json(
+                self._record_key(self.name), {"queue": self.name, "updated_at": 0.0}
+            )
         except DlaasError as exc:
             log.warning("reply_hub_cleanup_failed", extra={"error": str(exc)})
 

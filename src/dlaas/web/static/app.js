@@ -624,7 +624,7 @@
     points: [], // [{time, visible, in_flight, running, starting, desired}], server clock
     samples: [], // built here when the server sends no history (no controller)
     clockOffsetS: 0, // server clock minus this clock
-    windowS: 300,
+    windowS: 120,
     last: null,
     retryTimer: null,
   };
@@ -848,13 +848,13 @@
 
   function drawTimeAxis(ctx, box, fromS, nowS, x, colors) {
     const spanS = nowS - fromS;
-    const stepS = spanS <= 60 ? 15 : spanS <= 300 ? 60 : 120;
+    const stepS = spanS <= 120 ? 30 : spanS <= 300 ? 60 : 120;
     ctx.fillStyle = colors.axis;
     ctx.textBaseline = "top";
     for (let ago = 0; ago <= spanS + 0.001; ago += stepS) {
       const px = x(nowS - ago);
       ctx.textAlign = ago === 0 ? "right" : px - box.left < 16 ? "left" : "center";
-      const text = ago === 0 ? "now" : stepS < 60 ? `−${ago}s` : `−${ago / 60}m`;
+      const text = ago === 0 ? "now" : ago % 60 ? `−${ago}s` : `−${ago / 60}m`;
       ctx.fillText(text, px, box.bottom + 6);
     }
   }

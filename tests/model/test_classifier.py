@@ -1,0 +1,118 @@
+"""The ORT classifier on the tiny model: batching, top-k, softmax, and its error paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlaas.errors import ImageError, ModelError
+from dlaas.model import Classifier, ModelSpec, Prediction, build_tiny_model
+from dlaas.model.classifier import softmax
+from tests.conftest import jpeg_bytes
+
+
+def test_predicts_sorted_softmax_top_k(tiny_spec: ModelSpec) -> None:
+    clf = Classifier(tiny_spec)
+    images = [jpeg_bytes(Image.new("RGB", (80, 60), c)) for c in [(250, 10, 10), (10, 10, 250)]]
+    batch = np.stack([clf.preprocess(b) for b in images])
+
+    results = clf.predict(batch, top_k=3)
+
+    assert clf.name == "tiny"
+    assert len(results) == 2
+    for preds in results:
+        assert len(preds) == 3
+        scores = [p.score for p in preds]
+        assert scores == sorted(scores, reverse=True)
+        assert all(0 < s < 1 for s in scores)
+        assert all(p.label == f"class {p.class_id}" for p in preds)
+    assert results[0] != results[1]  # different colours, different scores
+
+
+def test_scores_are_the_softmax_of_the_logits(tiny_spec: ModelSpec) -> None:
+    clf = Classifier(tiny_spec)
+    batch = np.stack([clf.preprocess(jpeg_bytes(Image.new("RGB", (50, 50), (30, 200, 90))))])
+
+    logits = clf.logits(batch)
+    (preds,) = clf.predict(batch, top_k=len(tiny_spec.labels))
+
+    expected = np.exp(logits[0] - logits[0].max())
+    expected /= expected.sum()
+    assert sum(p.score for p in preds) == pytest.approx(1.0)
+    for p in preds:
+        assert p.score == pytest.approx(float(expected[p.class_id]), rel=1e-5)
+
+
+def test_batched_equals_one_by_one(tiny_spec: ModelSpec) -> None:
+    clf = Classifier(tiny_spec)
+    arrays = [
+        clf.preprocess(jpeg_bytes(Image.new("RGB", (64, 64), (i * 40, 100, 200 - i * 30))))
+        for i in range(5)
+    ]
+
+    together = clf.logits(np.stack(arrays))
+    alone = np.concatenate([clf.logits(a[None]) for a in arrays])
+
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_top_k_is_clipped_to_the_class_count_and_validated(tiny_spec: ModelSpec) -> None:
+    clf = Classifier(tiny_spec)
+    batch = np.zeros((1, 3, 224, 224), np.float32)
+
+    assert len(clf.predict(batch, top_k=50)[0]) == len(tiny_spec.labels)
+    assert clf.predict(np.zeros((0, 3, 224, 224), np.float32)) == []
+    with pytest.raises(ValueError, match="top_k"):
+        clf.predict(batch, top_k=0)
+
+
+def test_wrong_batch_shape_is_a_model_error(tiny_spec: ModelSpec) -> None:
+    clf = Classifier(tiny_spec)
+
+    with pytest.raises(ModelError, match=r"shape \(1, 224, 224, 3\).*\(1, 3, 224, 224\)"):
+        clf.predict(np.zeros((1, 224, 224, 3), np.float32))
+
+
+def test_preprocess_raises_image_error_for_bad_bytes(tiny_spec: ModelSpec) -> None:
+    with pytest.raises(ImageError, match="not an image"):
+        Classifier(tiny_spec).preprocess(b"definitely not a picture")
+
+
+def test_prediction_to_dict() -> None:
+    assert Prediction(281, "tabby, tabby cat", 0.5).to_dict() == {
+        "class_id": 281,
+        "label": "tabby, tabby cat",
+        "score": 0.5,
+    }
+
+
+def test_softmax_is_stable_for_large_logits() -> None:
+    probabilities = softmax(np.array([[1000.0, 1000.0, -1000.0]], np.float32))
+
+    np.testing.assert_allclose(probabilities, [[0.5, 0.5, 0.0]])
+
+
+def test_tiny_model_honours_num_classes(tmp_path: Path) -> None:
+    spec = build_tiny_model(tmp_path, num_classes=3)
+
+    assert spec.labels == ("class 0", "class 1", "class 2")
+    assert (tmp_path / "labels.txt").read_text() == "class 0\nclass 1\nclass 2\n"
+    assert len(Classifier(spec).predict(np.zeros((2, 3, 224, 224), np.float32))[1]) == 3
+
+
+def test_a_missing_model_file_is_a_model_error(tiny_spec: ModelSpec, tmp_path: Path) -> None:
+    broken = ModelSpec("x", tmp_path / "nope.onnx", tiny_spec.labels, tiny_spec.preprocessing)
+
+    with pytest.raises(ModelError, match="cannot load model"):
+        Classifier(broken)
+
+
+def test_thread_count_is_validated(tiny_spec: ModelSpec) -> None:
+    with pytest.raises(ModelError, match="intra_op_num_threads"):
+        Classifier(tiny_spec, intra_op_num_threads=0)
+    assert Classifier(tiny_spec, intra_op_num_threads=2).predict(
+        np.zeros((1, 3, 224, 224), np.float32)
+    )
