@@ -113,6 +113,6 @@ def test_a_missing_model_file_is_a_model_error(tiny_spec: ModelSpec, tmp_path: P
 def test_thread_count_is_validated(tiny_spec: ModelSpec) -> None:
     with pytest.raises(ModelError, match="intra_op_num_threads"):
         Classifier(tiny_spec, intra_op_num_threads=0)
-    assert Classifier(tiny_spec, intra_op_num_threads=2).predict(
+    assert Classifier(tiny_spec, intra_op_num_threads=2, allow_spinning=True).predict(
         np.zeros((1, 3, 224, 224), np.float32)
     )

@@ -32,9 +32,7 @@ def test_same_padding_matches_tensorflow(
     assert same_padding(size, kernel, stride) == expected
 
 
-def _run(
-    nodes_from: _GraphBuilder, x_name: str, y_name: str, x: np.ndarray, out_ch: int
-) -> np.ndarray:
+def _run(nodes_from: _GraphBuilder, x_name: str, y_name: str, x: np.ndarray) -> np.ndarray:
     graph = helper.make_graph(
         nodes_from.nodes,
         "t",
@@ -68,7 +66,7 @@ def test_batch_norm_is_folded_into_the_convolution_exactly() -> None:
     y_name, out = g.conv_bn(
         "x", "c", "bn", in_channels=3, out_channels=4, kernel=1, stride=1, size=5, relu6=False
     )
-    folded = _run(g, "x", y_name, x, 4)
+    folded = _run(g, "x", y_name, x)
 
     conv = np.einsum("oi,bihw->bohw", w[:, :, 0, 0].astype(np.float64), x)
     expected = (conv - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3)

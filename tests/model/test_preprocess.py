@@ -162,6 +162,15 @@ def test_draft_decodes_large_jpegs_at_reduced_scale() -> None:
     assert image.size == (504, 378)
 
 
+def test_draft_is_skipped_when_even_half_scale_would_be_too_small() -> None:
+    image = Image.open(io.BytesIO(encode(Image.new("RGB", (640, 480)), "JPEG")))
+
+    _request_draft(image, 256)
+    image.load()
+
+    assert image.size == (640, 480)
+
+
 def test_draft_changes_results_little(photo: Callable[[str], bytes]) -> None:
     big = Image.open(io.BytesIO(photo("coffee"))).resize((2400, 1600))
     data = encode(big, "JPEG", quality=92)

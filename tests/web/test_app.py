@@ -192,7 +192,7 @@ def test_enqueue_failure_is_an_error_not_a_half_job(
     def broken_send(_bodies: Any) -> list[str]:
         raise QueueError("queue is down")
 
-    svc.queue.send_batch = broken_send  # type: ignore[method-assign]
+    svc.queue.send_batch = broken_send  # type: ignore[method-assign,assignment]
     with TestClient(svc.app) as client:
         response = client.post("/v1/jobs", files=files(small_jpeg, small_jpeg))
     assert response.status_code == 503

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from dlaas import protocol
 from dlaas.model import ModelSpec
-from dlaas.queue.base import Message
 from dlaas.web.metrics import Metrics
 from tests.web.test_app import Service, files, wait_complete
 
@@ -48,18 +48,19 @@ def wait_until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
 
 
 class CountingService(Service):
-    """A service whose worker records each batch it processes, started on demand."""
+    """A service whose worker records the size of each forward pass; started on demand."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec, with_worker=False)
         self.batches: list[int] = []
-        process = self.worker.process
+        classifier = self.worker.classifier
+        predict = classifier.predict
 
-        def counting(batch: list[Message]) -> None:
-            self.batches.append(len(batch))
-            process(batch)
+        def counting(batch: np.ndarray, top_k: int = 5) -> Sequence[Sequence[Any]]:
+            self.batches.append(int(batch.shape[0]))
+            return predict(batch, top_k=top_k)
 
-        self.worker.process = counting  # type: ignore[method-assign]
+        classifier.predict = counting  # type: ignore[method-assign]
 
     def start_worker(self) -> None:
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
@@ -108,9 +109,8 @@ def test_counters_and_histograms_match_a_job(
     assert value(after, "dlaas_end_to_end_seconds_count") == 5
     assert value(after, "dlaas_end_to_end_seconds_bucket", le="+Inf") == 5
     assert value(after, "dlaas_end_to_end_seconds_sum") > 0
-    # Per batch: as many observations as the worker ran forward passes, covering the
-    # four images that were decoded.
-    assert sum(svc.batches) == 5
+    # Per batch: one observation per forward pass, covering the four decoded images.
+    assert sum(svc.batches) == 4
     assert value(after, "dlaas_inference_batch_seconds_count") == len(svc.batches)
     assert value(after, "dlaas_inference_batch_seconds_sum") > 0
     assert value(after, "dlaas_batch_size_images_count") == len(svc.batches)
@@ -132,13 +132,15 @@ def test_queue_gauges_show_a_backlog(counting_service: CountingService, small_jp
     assert value(samples, "dlaas_images_done_total") == 0
 
 
-def reply(image_id: str, status: str = "done", **timings: float) -> protocol.Reply:
+def reply(
+    image_id: str, batch: dict[str, float] | None = None, status: protocol.ReplyStatus = "done"
+) -> protocol.Reply:
     return protocol.Reply(
         job_id="j",
         image_id=image_id,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         result_key=f"results/j/{image_id}.json",
-        timings_ms={"queue_wait": 40.0, **timings},
+        timings_ms={"queue_wait": 40.0, **(batch or {})},
         enqueued_at=1000.0,
         completed_at=1000.25,
     )
@@ -149,11 +151,11 @@ def test_a_batch_is_observed_once_however_its_replies_interleave() -> None:
     first = {"infer_batch": 31.5, "batch_size": 3.0}
     second = {"infer_batch": 12.25, "batch_size": 2.0}
     for r in (
-        reply("a", **first),
-        reply("d", **second),
-        reply("b", **first),
-        reply("e", **second),
-        reply("c", **first),
+        reply("a", first),
+        reply("d", second),
+        reply("b", first),
+        reply("e", second),
+        reply("c", first),
         reply("f", status="failed"),  # failed before inference: no batch timings
         reply("g", status="classifying"),  # progress only: not counted
     ):
@@ -171,7 +173,7 @@ def test_a_batch_is_observed_once_however_its_replies_interleave() -> None:
 
     # The same timings again later are a new batch, not a leftover of the first.
     for image_id in "xyz":
-        metrics.observe_reply(reply(image_id, **first))
+        metrics.observe_reply(reply(image_id, first))
     samples = parse(metrics.render({})[0].decode())
     assert value(samples, "dlaas_inference_batch_seconds_count") == 3
 

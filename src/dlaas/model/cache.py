@@ -136,6 +136,7 @@ def build_model(target: Path, weights: Path) -> None:
     log.info("model_build_started", extra={"model_dir": str(target), "weights": str(weights)})
     staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-build-", dir=target.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from workers run as others
         model = efficientnet.build_efficientnet_lite0(load_legacy_state_dict(weights))
         onnx.save(model, str(staging / MODEL_FILE))
         labels = imagenet_labels()

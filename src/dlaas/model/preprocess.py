@@ -122,9 +122,10 @@ def _orientation(image: Image.Image) -> int:
 def _request_draft(image: Image.Image, resize_size: int) -> None:
     """Ask the JPEG decoder for the smallest DCT scale whose short side is >= resize_size."""
     width, height = image.size
+    if min(width, height) < 2 * resize_size:
+        return  # the smallest reduction (1/2) would already go below resize_size
     scale = resize_size / min(width, height)
-    if scale < 1:
-        image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
+    image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -93,7 +93,9 @@
     }
   }
 
+  /** A finite number, or null for anything else (missing keys included). */
   function number(value) {
+    if (value === null || value === undefined || value === "") return null;
     const n = Number(value);
     return Number.isFinite(n) ? n : null;
   }
@@ -113,6 +115,8 @@
       startedAt: performance.now(),
       endedAt: null,
       retries: 0,
+      byImageId: new Map(),
+      summaryPending: false,
       items: files.map((file, index) => ({
         index,
         file,
@@ -152,7 +156,7 @@
   }
 
   function itemById(job, imageId) {
-    return job.items.find((item) => item.imageId === imageId) || null;
+    return job.byImageId.get(imageId) || null;
   }
 
   // Adding files ---------------------------------------------------------------------------
@@ -227,6 +231,7 @@
       const item = accepted[i];
       if (!item) return;
       item.imageId = image.image_id;
+      job.byImageId.set(image.image_id, item);
       item.state = "queued";
       renderItem(item);
     });
@@ -241,15 +246,15 @@
 
   /** The whole request was refused: a per-file list when the server sent one, else one reason. */
   function refuseJob(job, status, body, retryAfter) {
-    if (Array.isArray(body.rejected) && body.rejected.length) {
-      for (const refusal of body.rejected) {
-        const item = job.items[refusal.index];
-        if (item) failItem(job, item, refusalMessage(refusal.status, refusal));
-      }
+    for (const refusal of Array.isArray(body.rejected) ? body.rejected : []) {
+      const item = job.items[refusal.index];
+      if (item) failItem(job, item, refusalMessage(refusal.status, refusal));
     }
     const message = refusalMessage(status, body, retryAfter);
+    // The job shows the full reason once; each card says briefly why it has no result.
+    const short = `Not uploaded: ${refusalTitle(status)}`;
     for (const item of job.items) {
-      if (item.state !== "failed") failItem(job, item, message);
+      if (item.state !== "failed") failItem(job, item, short);
     }
     job.status = "failed";
     job.endedAt = performance.now();
@@ -258,13 +263,16 @@
     announce(`Upload refused. ${message}`);
   }
 
-  function refusalMessage(status, body, retryAfter) {
+  function refusalTitle(status) {
     const title = STATUS_TEXT[status] || `Error ${status}`;
+    return status ? `${title} (${status})` : title;
+  }
+
+  function refusalMessage(status, body, retryAfter) {
     let detail = body && body.detail ? String(body.detail) : "";
     if (status === 0) detail = "the server could not be reached; check the connection and retry";
     if (status === 429 && retryAfter) detail += ` (retry after ${retryAfter} s)`;
-    const code = status ? ` (${status})` : "";
-    return detail ? `${title}${code}: ${detail}` : `${title}${code}`;
+    return detail ? `${refusalTitle(status)}: ${detail}` : refusalTitle(status);
   }
 
   function retryJob(job) {
@@ -279,6 +287,7 @@
     }
     hideJobError(job);
     renderJobSummary(job);
+    startClock();
     uploadJob(job);
   }
 
@@ -306,9 +315,9 @@
       source.addEventListener(name, (event) => handler(job, parseJSON(event.data) || {}));
     on("classifying", onClassifying);
     on("result", onResult);
-    on("end", (j, data) => {
+    source.addEventListener("end", () => {
       closeStream(job, source);
-      finishJob(j, data);
+      finishJob(job);
     });
     source.addEventListener("open", () => {
       job.retries = 0;
@@ -329,6 +338,9 @@
     if (job.status !== "running") return;
     job.retries += 1;
     if (job.retries > STREAM_RETRIES) {
+      job.status = "failed";
+      job.endedAt = performance.now();
+      renderJobSummary(job);
       showJobError(job, "Lost the connection to this job's results. Reload the page to try again.");
       return;
     }
@@ -400,9 +412,18 @@
     job.view.id.title = job.id || "";
   }
 
+  /** At most one summary redraw per frame, however many results arrive in it. */
   function renderJobSummary(job) {
+    if (!job.view || job.summaryPending) return;
+    job.summaryPending = true;
+    window.requestAnimationFrame(() => {
+      job.summaryPending = false;
+      drawJobSummary(job);
+    });
+  }
+
+  function drawJobSummary(job) {
     const view = job.view;
-    if (!view) return;
     const c = counts(job);
     view.node.dataset.status = job.status;
     view.counts.replaceChildren(
@@ -429,7 +450,7 @@
 
   function renderElapsed(job) {
     const end = job.endedAt ?? performance.now();
-    const label = job.status === "complete" ? "took" : "elapsed";
+    const label = job.endedAt === null ? "elapsed" : "took";
     job.view.elapsed.textContent = `${label} ${duration((end - job.startedAt) / 1000)}`;
   }
 
@@ -521,11 +542,6 @@
     view.preds.hidden = predictions.length === 0;
     if (!predictions.length) return;
     view.preds.replaceChildren(...predictions.map(predictionRow));
-    const top = predictions[0];
-    view.node.setAttribute(
-      "aria-label",
-      `${item.name}: ${shortLabel(top.label)}, ${percent(top.score)}`,
-    );
   }
 
   function predictionRow(prediction) {

@@ -1,0 +1,231 @@
+"""The page in a real browser: upload photos by keyboard, see their labels, watch the scaling.
+
+Playwright drives Debian's ``chromium`` (``apt-get install -y chromium``); no browser is
+downloaded. The screenshot lands in ``test-output/page.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, expect, sync_playwright
+from prometheus_client.parser import text_string_to_metric_families
+
+from dlaas import protocol
+from tests.conftest import need
+from tests.support import ServeProcess
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+OUTPUT_DIR = Path(__file__).resolve().parents[2] / "test-output"
+
+# Accepted top-1 labels (short names) for each scikit-image photo.
+EXPECTED = {
+    "chelsea": {"tabby", "tiger cat", "Egyptian cat"},
+    "coffee": {"espresso", "cup", "coffee mug"},
+    "rocket": {"missile", "projectile", "space shuttle"},
+}
+
+# Pixels clearly in the hue of the "running workers" series (green), in RGBA data.
+COUNT_GREEN_PIXELS = """(id) => {
+  const canvas = document.getElementById(id);
+  const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let n = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
+    if (a > 100 && g > r + 40 && g > b + 20) n += 1;
+  }
+  return n;
+}"""
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path
+) -> Iterator[ServeProcess]:
+    serve = ServeProcess(
+        tmp_path_factory.mktemp("serve"),
+        ["--model-dir", str(model_cache_dir), "--max-workers", "2"],
+    )
+    try:
+        serve.wait_ready()
+        yield serve
+    finally:
+        serve.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    need(CHROMIUM.exists(), f"{CHROMIUM} is missing; install it with apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def write_photos(
+    directory: Path, photo: Callable[[str], bytes], names: Iterable[str]
+) -> list[Path]:
+    paths = []
+    for name in names:
+        path = directory / f"{name}.jpg"
+        path.write_bytes(photo(name))
+        paths.append(path)
+    return paths
+
+
+def counters(server: ServeProcess) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    names = ("dlaas_images_accepted_total", "dlaas_images_done_total", "dlaas_images_failed_total")
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name in names
+    }
+
+
+def test_upload_three_photos_through_the_page(
+    browser: Browser, server: ServeProcess, photo: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    uploads = write_photos(tmp_path, photo, EXPECTED)
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("shopping list, not a photo\n" * 20)
+    uploads.append(not_an_image)
+
+    urls: list[str] = []
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(f"console: {message.text}")
+
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on("request", lambda request: urls.append(request.url))
+    before = counters(server)
+    page.goto(server.url + "/")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+    # When a person tabs to the file picker and presses Space...
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "file-input":
+            break
+    assert page.evaluate("document.activeElement.id") == "file-input"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files([str(p) for p in uploads])
+
+    # ...every file gets a card at once, and the photos their labels.
+    cards = page.locator(".card")
+    expect(cards).to_have_count(4)
+    done = page.locator('.card[data-state="done"]')
+    expect(done).to_have_count(3, timeout=90_000)
+    for name, accepted in EXPECTED.items():
+        card = cards.filter(has=page.locator(".filename", has_text=f"{name}.jpg"))
+        expect(card.locator(".pred")).to_have_count(5)
+        top = card.locator(".pred").first.get_attribute("title") or ""
+        assert protocol.short_label(top) in accepted, (name, top)
+        assert card.locator(".thumb img").evaluate("img => img.naturalWidth") > 0
+
+    # The file the API refused (415) says why, on its own card.
+    refused = cards.filter(has=page.locator(".filename", has_text="notes.txt"))
+    expect(refused).to_have_attribute("data-state", "failed")
+    expect(refused.locator(".error")).to_contain_text("415")
+    summary = page.locator(".job-counts")
+    expect(summary).to_contain_text("3 done")
+    expect(summary).to_contain_text("1 failed")
+    expect(page.locator(".job-elapsed")).to_contain_text("took")
+
+    # The CSV download holds every image with its top-5.
+    with page.expect_download() as download:
+        page.locator(".job-csv").click()
+    with download.value.path().open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["filename"] for r in rows) == sorted(p.name for p in uploads)
+    by_name = {r["filename"]: r for r in rows}
+    assert protocol.short_label(by_name["coffee.jpg"]["label_1"]) in EXPECTED["coffee"]
+    assert by_name["notes.txt"]["status"] == "failed"
+
+    # The scaling chart drew the workers that rose for this job (the area grows by
+    # a few pixels a second while they keep running).
+    workers = page.locator("#chart-workers")
+    expect(workers).to_have_attribute("data-peak", re.compile(r"^[1-9]"), timeout=15_000)
+    assert int(page.locator("#chart-queue").get_attribute("data-points") or 0) >= 2
+    for _ in range(40):
+        if page.evaluate(COUNT_GREEN_PIXELS, "chart-workers") > 300:
+            break
+        page.wait_for_timeout(500)
+    assert page.evaluate(COUNT_GREEN_PIXELS, "chart-workers") > 300
+
+    OUTPUT_DIR.mkdir(exist_ok=True)
+    page.screenshot(path=str(OUTPUT_DIR / "page.png"), full_page=True)
+    page.close()
+
+    own = (server.url + "/", f"blob:{server.url}/")
+    assert urls, "the page made no requests at all"
+    assert [u for u in urls if not u.startswith(own)] == []
+    assert errors == []
+
+    # The page's job moved the server's counters the same way.
+    after = counters(server)
+    assert {name: after[name] - before[name] for name in after} == {
+        "dlaas_images_accepted_total": 3,
+        "dlaas_images_done_total": 3,
+        "dlaas_images_failed_total": 0,
+    }
+
+
+def test_a_refused_upload_says_why_on_each_image_and_can_be_retried(
+    browser: Browser, server: ServeProcess, photo: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    uploads = write_photos(tmp_path, photo, ["chelsea", "coffee"])
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.goto(server.url + "/")
+
+    # Given a service answering the documented 429 (the queue is over --max-backlog)...
+    busy = {"error": "busy", "detail": "150000 images are waiting; retry in a few seconds"}
+    page.route(
+        "**/v1/jobs?partial=true",
+        lambda route: route.fulfill(status=429, json=busy, headers={"Retry-After": "5"}),
+    )
+    page.set_input_files("#file-input", [str(p) for p in uploads])
+
+    # ...each image says it was not uploaded, and the job says why and offers a retry.
+    expect(page.locator('.card[data-state="failed"]')).to_have_count(2)
+    expect(page.locator(".card .error").first).to_have_text("Not uploaded: Service busy (429)")
+    job_error = page.locator(".job-error")
+    expect(job_error).to_contain_text("150000 images are waiting")
+    expect(job_error).to_contain_text("retry after 5 s")
+    retry = page.locator(".job-retry")
+    expect(retry).to_be_visible()
+
+    # When the service has room again, the retry goes through to results.
+    page.unroute("**/v1/jobs?partial=true")
+    retry.click()
+    expect(page.locator('.card[data-state="done"]')).to_have_count(2, timeout=90_000)
+    expect(job_error).to_be_hidden()
+    page.close()
+    assert errors == []
