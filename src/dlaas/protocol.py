@@ -86,6 +86,9 @@ class Reply:
     timings_ms: dict[str, float] | None = None
     enqueued_at: float | None = None
     completed_at: float | None = None
+    # Set on exactly one final reply per batch ({"size": n, "infer_ms": t}), so per-batch
+    # metrics count each forward pass once, however many web processes share the batch.
+    batch: dict[str, float] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -104,6 +107,7 @@ class Reply:
             timings_ms=data.get("timings_ms"),
             enqueued_at=data.get("enqueued_at"),
             completed_at=data.get("completed_at"),
+            batch=data.get("batch"),
         )
 
 

@@ -86,13 +86,17 @@ def test_an_existing_queue_keeps_its_own_redrive_policy(moto: Endpoint) -> None:
 
 
 def test_queue_url_forms(moto: Endpoint) -> None:
-    created = _open(moto, create=True)
-    by_url = open_queue(created.queue_url.replace("http://", "https://"), region=moto.region)
+    created = SqsQueue("dlaas-input", endpoint_url=moto.url, region="eu-west-1", create=True)
+    created.send("hello")
+    # An AWS queue URL names the region; the endpoint (moto here) may still be given.
+    by_url = open_queue(
+        "https://sqs.eu-west-1.amazonaws.com/123456789012/dlaas-input", endpoint_url=moto.url
+    )
     assert isinstance(by_url, SqsQueue)
-    assert by_url.name == "dlaas-input"
-    assert by_url.client.meta.endpoint_url.startswith("https://127.0.0.1")
-    # sqs:// alone takes the name from the caller (the --queue-name setting)
-    assert _open(moto, "sqs://", name="dlaas-input").queue_url == created.queue_url
+    assert (by_url.name, by_url.client.meta.region_name) == ("dlaas-input", "eu-west-1")
+    assert [m.body for m in receive_until(by_url, 1)] == ["hello"]
+    # sqs:// alone takes the name from the caller (the --queue-name setting).
+    assert _open(moto, "sqs://", name="other", create=True).name == "other"
 
 
 def test_endpoint_from_the_sdk_variable(moto: Endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,23 +145,26 @@ def test_batch_fill_does_not_wait_once_a_message_is_in_hand(moto: Endpoint) -> N
     assert time.monotonic() - started < 1.0
 
 
-def test_a_wait_longer_than_sqs_allows_is_split(moto: Endpoint) -> None:
-    """SQS caps a poll at 20 s; over 20 s must still wait the whole budget (here, cut
-    short by a send), never answer 'empty' early because of the cap."""
+def test_a_wait_longer_than_sqs_allows_is_split(
+    moto: Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQS caps one poll at 20 s: a longer wait is several polls that fill the budget."""
     queue = _open(moto, create=True)
-    calls: list[int] = []
-    real = queue.client.receive_message
+    now = [1000.0]
+    waits: list[int] = []
 
-    def spy(**kwargs: Any) -> Any:
-        calls.append(kwargs["WaitTimeSeconds"])
-        return real(**{**kwargs, "WaitTimeSeconds": min(kwargs["WaitTimeSeconds"], 1)})
+    def empty_poll(**kwargs: Any) -> dict[str, Any]:
+        waits.append(kwargs["WaitTimeSeconds"])
+        now[0] += kwargs["WaitTimeSeconds"]  # the poll took its whole wait
+        return {}
 
-    queue.client.receive_message = spy
-    assert queue.receive(max_messages=1, wait_time_s=2.5) == []
-    assert calls[0] == 2 and all(0 <= c <= 20 for c in calls)
-    calls.clear()
-    queue.receive(max_messages=1, wait_time_s=45.0) if False else None
-    queue.client.receive_message = real
+    monkeypatch.setattr("dlaas.queue.sqs.time.monotonic", lambda: now[0])
+    monkeypatch.setattr(queue.client, "receive_message", empty_poll)
+    assert queue.receive(max_messages=1, wait_time_s=45) == []
+    assert waits == [20, 20, 5]
+    waits.clear()
+    assert queue.receive(max_messages=1, wait_time_s=0.3) == []
+    assert waits == [0]  # under a second: one poll that does not wait
 
 
 def test_visibility_is_rounded_up_to_whole_seconds(moto: Endpoint) -> None:

@@ -140,23 +140,24 @@ def reply(
         image_id=image_id,
         status=status,
         result_key=f"results/j/{image_id}.json",
-        timings_ms={"queue_wait": 40.0, **(batch or {})},
+        timings_ms={"queue_wait": 40.0},
         enqueued_at=1000.0,
         completed_at=1000.25,
+        batch=batch,
     )
 
 
-def test_a_batch_is_observed_once_however_its_replies_interleave() -> None:
+def test_a_batch_is_observed_once_from_the_reply_that_carries_it() -> None:
     metrics = Metrics()
-    first = {"infer_batch": 31.5, "batch_size": 3.0}
-    second = {"infer_batch": 12.25, "batch_size": 2.0}
+    first = {"infer_ms": 31.5, "size": 3.0}
+    second = {"infer_ms": 12.25, "size": 2.0}
     for r in (
         reply("a", first),
         reply("d", second),
-        reply("b", first),
-        reply("e", second),
-        reply("c", first),
-        reply("f", status="failed"),  # failed before inference: no batch timings
+        reply("b"),
+        reply("e"),
+        reply("c"),
+        reply("f", status="failed"),  # failed before inference: no batch figures
         reply("g", status="classifying"),  # progress only: not counted
     ):
         metrics.observe_reply(r)
@@ -170,12 +171,6 @@ def test_a_batch_is_observed_once_however_its_replies_interleave() -> None:
     assert value(samples, "dlaas_queue_wait_seconds_count") == 6
     assert value(samples, "dlaas_queue_wait_seconds_bucket", le="0.05") == 6
     assert value(samples, "dlaas_end_to_end_seconds_bucket", le="0.25") == 6
-
-    # The same timings again later are a new batch, not a leftover of the first.
-    for image_id in "xyz":
-        metrics.observe_reply(reply(image_id, first))
-    samples = parse(metrics.render({})[0].decode())
-    assert value(samples, "dlaas_inference_batch_seconds_count") == 3
 
 
 def test_gauges_follow_the_controller_stats() -> None:

@@ -242,7 +242,11 @@ class SqsQueue(Queue):
         deadline = time.monotonic() + wait_time_s
         visibility = _whole_seconds(visibility_timeout_s)
         messages: list[Message] = []
+        polls = 0
         while len(messages) < max_messages:
+            if not messages and polls and time.monotonic() >= deadline:
+                break  # the budget is spent
+            polls += 1
             if messages:
                 wait = 0  # filling a batch: take what is there, never wait again
             else:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,10 +27,6 @@ log = logging.getLogger("dlaas.web")
 # Seconds, from a few ms (a warm batch) to minutes (a backlog waiting for workers).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-
-# A batch's images reach us in several replies; remember a batch this long to count it once.
-BATCH_MEMORY_S = 120.0
-BATCH_MEMORY_MAX = 10_000
 
 QUEUE_GAUGES = {
     "visible": ("dlaas_queue_visible_messages", "Messages waiting in the input queue."),
@@ -114,10 +108,7 @@ class Metrics:
         )
         self._stats = _StatsCollector()
         r.register(self._stats)
-        self._batch_lock = threading.Lock()
         self._render_lock = threading.Lock()
-        # batch key -> (replies still expected, first seen at, monotonic)
-        self._batches: OrderedDict[tuple[float, int], tuple[int, float]] = OrderedDict()
 
     def images_accepted(self, n: int) -> None:
         self.accepted.inc(n)
@@ -139,10 +130,9 @@ class Metrics:
         if reply.enqueued_at and reply.completed_at:
             end_to_end_s = max(0.0, reply.completed_at - reply.enqueued_at)
             self.end_to_end.observe(end_to_end_s)
-        infer_ms, size = timings.get("infer_batch"), timings.get("batch_size")
-        if infer_ms is not None and size is not None and self._first_of_batch(infer_ms, int(size)):
-            self.inference.observe(infer_ms / 1000)
-            self.batch_size.observe(size)
+        if reply.batch is not None:  # the one reply per batch that carries its figures
+            self.inference.observe(reply.batch["infer_ms"] / 1000)
+            self.batch_size.observe(reply.batch["size"])
         log.info(
             "result_received",
             extra={
@@ -152,32 +142,6 @@ class Metrics:
                 "end_to_end_ms": None if end_to_end_s is None else round(end_to_end_s * 1000, 1),
             },
         )
-
-    def _first_of_batch(self, infer_ms: float, size: int) -> bool:
-        """True for the first reply of a batch: per-batch histograms count each batch once.
-
-        Every image of a batch carries the same ``infer_batch`` time and ``batch_size``;
-        that pair identifies the batch while its ``size`` replies arrive.
-        """
-        key = (infer_ms, size)
-        now = time.monotonic()
-        with self._batch_lock:
-            while self._batches:
-                oldest_key, (_left, seen_at) = next(iter(self._batches.items()))
-                if now - seen_at < BATCH_MEMORY_S and len(self._batches) < BATCH_MEMORY_MAX:
-                    break
-                del self._batches[oldest_key]
-            entry = self._batches.get(key)
-            if entry is None:
-                if size > 1:
-                    self._batches[key] = (size - 1, now)
-                return True
-            left, seen_at = entry
-            if left <= 1:
-                del self._batches[key]
-            else:
-                self._batches[key] = (left - 1, seen_at)
-            return False
 
     def render(self, stats: Mapping[str, Any]) -> tuple[bytes, str]:
         """The exposition text, with gauges taken from ``stats`` (the ``/v1/stats`` body)."""

@@ -186,7 +186,7 @@ class Worker:
                 self._fetch_and_decode(items)
                 infer_ms = self._infer(items)
                 done = self._store_results(items, infer_ms)
-                self._notify(done)
+                self._notify(done, infer_ms)
             self.queue.delete_batch([i.message.receipt for i in done])
         finally:
             if self.on_busy:
@@ -301,11 +301,21 @@ class Worker:
     def _notify_started(self, items: list[_Item]) -> None:
         self._send_replies(items, lambda _item: "classifying")
 
-    def _notify(self, done: list[_Item]) -> None:
-        self._send_replies(done, lambda item: "failed" if item.error else "done")
+    def _notify(self, done: list[_Item], infer_ms: float) -> None:
+        inferred = [i for i in done if i.predictions is not None]
+        batch = {"size": float(len(inferred)), "infer_ms": round(infer_ms, 3)}
+        carrier = next((i for i in inferred if i.task.reply_to), None)
+        self._send_replies(
+            done,
+            lambda item: "failed" if item.error else "done",
+            batch_of=lambda item: batch if item is carrier else None,
+        )
 
     def _send_replies(
-        self, items: list[_Item], status_of: Callable[[_Item], protocol.ReplyStatus]
+        self,
+        items: list[_Item],
+        status_of: Callable[[_Item], protocol.ReplyStatus],
+        batch_of: Callable[[_Item], dict[str, float] | None] = lambda _item: None,
     ) -> None:
         by_queue: dict[str, list[str]] = {}
         for item in items:
@@ -320,6 +330,7 @@ class Worker:
                     timings_ms=item.timings_ms if final else None,
                     enqueued_at=item.task.enqueued_at if final else None,
                     completed_at=time.time() if final else None,
+                    batch=batch_of(item),
                 )
                 by_queue.setdefault(item.task.reply_to, []).append(reply.to_json())
         for name, bodies in by_queue.items():
