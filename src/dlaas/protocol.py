@@ -122,6 +122,7 @@ def result_record(
     error: str | None = None,
     timings_ms: dict[str, float] | None = None,
     enqueued_at: float | None = None,
+    received_at: float | None = None,
 ) -> dict[str, Any]:
     """The JSON stored at ``result_key``: top-k predictions or the failure reason."""
     return {
@@ -134,6 +135,7 @@ def result_record(
         "worker_id": worker_id,
         "timings_ms": timings_ms or {},
         "enqueued_at": enqueued_at,
+        "received_at": received_at,  # when the worker took the message off the queue
         "completed_at": time.time(),
     }
 

@@ -72,6 +72,7 @@ def build_launcher(settings: Settings, storage: Any, *, fixed: bool) -> Any:
             [sys.executable, "-m", "dlaas", "worker"],
             env=worker_env(settings, fixed=fixed),
             probe=health_probe(storage),
+            preload=True,
         )
     raise ConfigError(f"--launcher {settings.launcher} needs the AWS settings; see docs/aws.md")
 

@@ -2,9 +2,10 @@
 
 Each server starts once per test session, on free ports, and stops at its end. A
 missing binary skips the tests that need it locally and fails them under CI=true.
-Import the fixtures into a test module to use them:
+Import the fixtures into a test module to use them (a fixture named ``moto`` is the
+function ``fixture_moto``, and needs ``fixture_moto_server`` and ``fixture_aws_env``):
 
-    from tests.aws.servers import aws_env, moto, seaweedfs  # noqa: F401
+    from tests.aws.servers import fixture_aws_env, fixture_moto, fixture_moto_server
 
 ``moto`` resets moto's state before each test, so every test starts with an empty
 account; ``seaweedfs`` hands each test a bucket of its own.
@@ -167,8 +168,8 @@ def _require_started(name: str, build: Callable[[], Server]) -> Server:
 # Fixtures -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(name="aws_env")
+def fixture_aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Dummy credentials and a region; nothing from the developer's own AWS set-up leaks in."""
     for name in list(os.environ):
         if name.startswith("AWS_"):
@@ -198,25 +199,25 @@ class Endpoint:
         )
 
 
-@pytest.fixture(scope="session")
-def moto_server() -> Server:
+@pytest.fixture(name="moto_server", scope="session")
+def fixture_moto_server() -> Server:
     return _require_started("moto", _moto_server)
 
 
-@pytest.fixture
-def moto(moto_server: Server, aws_env: None) -> Iterator[Endpoint]:
+@pytest.fixture(name="moto")
+def fixture_moto(moto_server: Server, aws_env: None) -> Iterator[Endpoint]:
     """moto's server with an empty account: state is reset before each test."""
     httpx.post(moto_server.url + "/moto-api/reset", timeout=10).raise_for_status()
     yield Endpoint(moto_server.url)
 
 
-@pytest.fixture(scope="session")
-def seaweedfs_server() -> Server:
+@pytest.fixture(name="seaweedfs_server", scope="session")
+def fixture_seaweedfs_server() -> Server:
     return _require_started("seaweedfs", _seaweedfs_server)
 
 
-@pytest.fixture
-def seaweedfs(seaweedfs_server: Server, aws_env: None) -> Iterator[Endpoint]:
+@pytest.fixture(name="seaweedfs")
+def fixture_seaweedfs(seaweedfs_server: Server, aws_env: None) -> Iterator[Endpoint]:
     yield Endpoint(seaweedfs_server.url)
 
 

@@ -14,7 +14,12 @@ from dlaas.queue import open_queue
 from dlaas.queue.base import Queue
 from dlaas.queue.sqs import SqsQueue, _chunks, _SendLog
 
-from ..aws.servers import Endpoint, aws_env, moto, moto_server  # noqa: F401 - fixtures
+from ..aws.servers import (  # noqa: F401 - fixtures
+    Endpoint,
+    fixture_aws_env,
+    fixture_moto,
+    fixture_moto_server,
+)
 from .conformance import MAX_RECEIVES, QueueConformance, receive_until
 
 MOTO_RECEIPTS = (

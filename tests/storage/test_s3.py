@@ -13,12 +13,12 @@ from dlaas.storage.s3 import S3Storage
 
 from ..aws.servers import (  # noqa: F401 - fixtures
     Endpoint,
-    aws_env,
-    moto,
-    moto_server,
+    fixture_aws_env,
+    fixture_moto,
+    fixture_moto_server,
+    fixture_seaweedfs,
+    fixture_seaweedfs_server,
     new_bucket,
-    seaweedfs,
-    seaweedfs_server,
 )
 from .conformance import StorageConformance
 

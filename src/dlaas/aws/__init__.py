@@ -47,7 +47,7 @@ def make_client(
         # A session of our own: the default session is shared and not thread-safe to build.
         session = boto3.session.Session()
         return session.client(
-            service,  # type: ignore[call-overload]
+            service,
             region_name=region or None,
             endpoint_url=endpoint_url or None,
             config=Config(**options),

@@ -8,7 +8,20 @@ from dlaas.model.cache import ensure_model
 from dlaas.model.classifier import Classifier
 from dlaas.model.custom import load_custom_model
 from dlaas.model.spec import ModelSpec, Prediction, Preprocessing
-from dlaas.model.tiny import build_tiny_model
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from dlaas.model.tiny import build_tiny_model
+
+
+def __getattr__(name: str) -> object:
+    """``build_tiny_model`` needs ``onnx``; import it only when asked, not in workers."""
+    if name == "build_tiny_model":
+        from dlaas.model.tiny import build_tiny_model
+
+        return build_tiny_model
+    raise AttributeError(f"module 'dlaas.model' has no attribute {name!r}")
+
 
 __all__ = [
     "Classifier",

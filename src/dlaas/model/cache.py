@@ -22,13 +22,9 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-import onnx
-
 from dlaas.errors import DlaasError, ModelError
-from dlaas.model import efficientnet
 from dlaas.model.labels import imagenet_labels, read_labels, write_labels
 from dlaas.model.spec import ModelSpec, Preprocessing
-from dlaas.model.torchfile import load_legacy_state_dict
 
 log = logging.getLogger("dlaas.model")
 
@@ -108,10 +104,13 @@ def _read_build(target: Path, weights: Path) -> ModelSpec:
         raise _Stale(
             f"built by builder version {manifest.get('builder_version')}, not {BUILDER_VERSION}"
         )
-    if manifest["weights"]["sha256"] != sha256_file(weights):
+    fingerprints = manifest.get("fingerprints", {})
+    if not _unchanged(weights, manifest["weights"]["sha256"], fingerprints.get("weights")):
         raise _Stale("the installed weights file differs from the one it was built from")
     model_file = target / MODEL_FILE
-    if not model_file.is_file() or sha256_file(model_file) != manifest["model_sha256"]:
+    if not model_file.is_file() or not _unchanged(
+        model_file, manifest["model_sha256"], fingerprints.get("model")
+    ):
         raise _Stale("model.onnx is missing or changed since the build")
     labels = read_labels(target / LABELS_FILE)
     if len(labels) != manifest["num_classes"]:
@@ -124,8 +123,29 @@ def _read_build(target: Path, weights: Path) -> ModelSpec:
     )
 
 
+def _fingerprint(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _unchanged(path: Path, sha256: str, fingerprint: list[int] | None) -> bool:
+    """Whether ``path`` still has ``sha256``; hashed only if its size or mtime moved.
+
+    Hashing the weights and the model (about 38 MB) costs ~100 ms, which every worker
+    would pay at start; the stat check costs microseconds and catches any rewrite.
+    """
+    if fingerprint is not None and _fingerprint(path) == list(fingerprint):
+        return True
+    return sha256_file(path) == sha256
+
+
 def build_model(target: Path, weights: Path) -> None:
     """Convert the weights into ``target``, replacing whatever is there, atomically."""
+    import onnx  # build-time only: workers load the cache without importing onnx
+
+    from dlaas.model import efficientnet
+    from dlaas.model.torchfile import load_legacy_state_dict
+
     started = time.perf_counter()
     actual = sha256_file(weights)
     if actual != WEIGHTS_SHA256:
@@ -159,6 +179,10 @@ def build_model(target: Path, weights: Path) -> None:
                 "dtype": "float32",
             },
             "output": {"name": efficientnet.OUTPUT_NAME, "kind": "logits"},
+            "fingerprints": {
+                "weights": _fingerprint(weights),
+                "model": _fingerprint(staging / MODEL_FILE),
+            },
             "num_classes": len(labels),
             "preprocessing": preprocessing.to_dict(),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from dlaas.errors import ModelError
 from dlaas.model.labels import read_labels
 from dlaas.model.spec import ModelSpec, Preprocessing
+
+if TYPE_CHECKING:
+    from onnx import ValueInfoProto
 
 
 def load_custom_model(
@@ -25,6 +27,8 @@ def load_custom_model(
         raise ModelError(f"model file {onnx_path} not found; pass --model an existing .onnx file")
     labels = read_labels(labels_path)
     try:
+        import onnx  # only bring-your-own models need it, and only at start
+
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf's decode errors have no common base
         raise ModelError(f"{onnx_path} is not a readable ONNX model: {exc}") from exc
@@ -61,7 +65,7 @@ def load_custom_model(
     )
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int | None]:
+def _dims(value: ValueInfoProto) -> list[int | None]:
     """A value's dimensions; ``None`` where symbolic or unknown."""
     shape = value.type.tensor_type.shape
     return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]

@@ -473,7 +473,9 @@ class SqsQueue(Queue):
 
     def _error(self, action: str, exc: BaseException) -> QueueError:
         if error_code(exc) in _MISSING_QUEUE:
-            return QueueError(f"SQS queue {self.name!r} no longer exists (while trying to {action})")
+            return QueueError(
+                f"SQS queue {self.name!r} no longer exists (while trying to {action})"
+            )
         return QueueError(f"SQS {action} on queue {self.name!r} failed: {describe_error(exc)}")
 
     def _config_error(self, exc: BaseException) -> ConfigError:
@@ -523,4 +525,3 @@ def _chunks(bodies: list[str]) -> list[list[str]]:
     if current:
         chunks.append(current)
     return chunks
-

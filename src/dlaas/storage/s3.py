@@ -126,7 +126,9 @@ class S3Storage(Storage):
                     f"access to S3 bucket {self.bucket!r} was denied; the IAM role needs "
                     "s3:ListBucket on it, and s3:GetObject/PutObject/DeleteObject on its keys"
                 ) from None
-            raise ConfigError(f"cannot use S3 bucket {self.bucket!r}: {describe_error(exc)}") from None
+            raise ConfigError(
+                f"cannot use S3 bucket {self.bucket!r}: {describe_error(exc)}"
+            ) from None
         except BotoCoreError as exc:
             raise ConfigError(
                 f"cannot reach S3 at {self._endpoint()} for bucket {self.bucket!r}: "

@@ -47,6 +47,7 @@ class _Item:
     error: str | None = None
     retry: bool = False  # a transient failure: leave the message for redelivery
     predictions: list[dict[str, Any]] | None = None
+    received_at: float = field(default_factory=time.time)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -277,6 +278,7 @@ class Worker:
                 error=item.error,
                 timings_ms=item.timings_ms,
                 enqueued_at=task.enqueued_at,
+                received_at=item.received_at,
             )
             try:
                 self.storage.put_json(protocol.result_key(task.job_id, task.image_id), record)
