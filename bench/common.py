@@ -76,13 +76,18 @@ def _bare_loop(model_dir: str, images: list[bytes], batch_size: int, out: mp.Que
     out.put(len(images) / (time.perf_counter() - started))
 
 
-def bare_loop_img_s(model_dir: Path, images: list[bytes], processes: int = 2, batch_size: int = 8) -> float:
+def bare_loop_img_s(
+    model_dir: Path, images: list[bytes], processes: int = 2, batch_size: int = 8
+) -> float:
     """The baseline: ``processes`` processes x 1 thread, decode + preprocess + ORT, no I/O."""
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     share = len(images) // processes
     procs = [
-        ctx.Process(target=_bare_loop, args=(str(model_dir), images[i * share : (i + 1) * share], batch_size, out))
+        ctx.Process(
+            target=_bare_loop,
+            args=(str(model_dir), images[i * share : (i + 1) * share], batch_size, out),
+        )
         for i in range(processes)
     ]
     for p in procs:

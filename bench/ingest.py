@@ -17,9 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import LeanClient, bare_loop_img_s, cpu_count, ensure_model_dir, multipart, photo_set
-
 from tests.support import ServeProcess
+
+from common import LeanClient, bare_loop_img_s, cpu_count, ensure_model_dir, multipart, photo_set
 
 
 def ingest_rate(port: int, images: list[bytes], files_per_request: int, threads: int) -> float:
@@ -51,12 +51,19 @@ def main() -> None:
 
     model_dir = ensure_model_dir()
     small = photo_set(args.images, size=(320, 240))
-    print(f"{cpu_count()} CPUs; {len(small)} JPEGs of 320x240, {statistics.mean(map(len, small)) / 1e3:.0f} kB avg")
+    print(
+        f"{cpu_count()} CPUs; {len(small)} JPEGs of 320x240, "
+        f"{statistics.mean(map(len, small)) / 1e3:.0f} kB avg"
+    )
 
-    model_rates = [bare_loop_img_s(model_dir, photo_set(400, size=(640, 480), seed=1), processes=cpu_count())
-                   for _ in range(args.repeats)]
+    model_rates = [
+        bare_loop_img_s(model_dir, photo_set(400, size=(640, 480), seed=1), processes=cpu_count())
+        for _ in range(args.repeats)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServeProcess(Path(tmp), ["--workers", "0", "--model-dir", str(model_dir), "--log-level", "warning"])
+        server = ServeProcess(
+            Path(tmp), ["--workers", "0", "--model-dir", str(model_dir), "--log-level", "warning"]
+        )
         try:
             server.wait_ready()
             modes = {"50 files/request, 8 threads": (50, 8), "1 file/request, 64 threads": (1, 64)}
@@ -69,7 +76,10 @@ def main() -> None:
             server.stop()
 
     model = statistics.median(model_rates)
-    print(f"\nmodel (bare decode+ORT, {cpu_count()} processes x 1 thread): {model:7.0f} img/s  runs {[round(r) for r in model_rates]}")
+    print(
+        f"\nmodel (bare decode+ORT, {cpu_count()} processes x 1 thread): {model:7.0f} img/s"
+        f"  runs {[round(r) for r in model_rates]}"
+    )
     print(f"{'ingest through POST /v1/jobs':40s} {'img/s':>8s} {'x model':>8s}")
     for mode, rates in results.items():
         med = statistics.median(rates)

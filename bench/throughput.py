@@ -17,9 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import LeanClient, bare_loop_img_s, cpu_count, ensure_model_dir, multipart, photo_set
-
 from tests.support import ServeProcess
+
+from common import LeanClient, bare_loop_img_s, cpu_count, ensure_model_dir, multipart, photo_set
 
 
 def service_rate(port: int, images: list[bytes], endpoint: str, threads: int) -> float:
@@ -57,9 +57,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = ServeProcess(
             Path(tmp),
-            ["--workers", str(args.workers), "--model-dir", str(model_dir), "--log-level", "warning",
-             *args.serve_args.split()],
-        )  # fmt: skip
+            [
+                *("--workers", str(args.workers), "--model-dir", str(model_dir)),
+                *("--log-level", "warning", *args.serve_args.split()),
+            ],
+        )
         try:
             server.wait_ready()
             service_rate(server.port, images[:64], args.endpoint, args.threads)  # warm-up
@@ -69,9 +71,18 @@ def main() -> None:
         finally:
             server.stop()
     b, s = statistics.median(bare), statistics.median(service)
-    print(f"{cpu_count()} CPUs, {len(images)} photos 640x480, {args.threads} client threads, POST {args.endpoint}")
-    print(f"  bare decode+ORT loop ({cpu_count()} proc x 1 thread): {b:6.0f} img/s  runs {[round(x) for x in bare]}")
-    print(f"  dlaas end to end ({args.workers} workers):        {s:6.0f} img/s  runs {[round(x) for x in service]}")
+    print(
+        f"{cpu_count()} CPUs, {len(images)} photos 640x480, {args.threads} client threads, "
+        f"POST {args.endpoint}"
+    )
+    print(
+        f"  bare decode+ORT loop ({cpu_count()} proc x 1 thread): {b:6.0f} img/s"
+        f"  runs {[round(x) for x in bare]}"
+    )
+    print(
+        f"  dlaas end to end ({args.workers} workers):        {s:6.0f} img/s"
+        f"  runs {[round(x) for x in service]}"
+    )
     print(f"  ratio: {s / b:.2f} x bare loop (goal >= 0.90)")
 
 

@@ -40,7 +40,7 @@ RULES = [
     (instance(), beat("draining"), D, False, False),
     (instance(), beat("stopped", age_s=30), D, False, False),  # may be restarting
     (instance(), beat("stopped", age_s=61), D, False, True),  # failed to power off
-    (instance("leaving"), beat(None), D, None, False),
+    (instance("leaving"), beat(None), D, False, False),
     # drained
     (instance("pending", drained_s_ago=1), beat(None), D, False, True),
     (instance(drained_s_ago=1), beat(None), D, False, True),

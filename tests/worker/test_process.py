@@ -52,7 +52,9 @@ class Cluster:
         for name, value in flags.items():
             args += ["--" + name.replace("_", "-"), value]
         with (self.root / f"{worker_id}.log").open("wb") as log:  # the child keeps its own fd
-            return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+            return subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            )
 
     def wait_busy(self, worker_id: str, timeout_s: float = 60) -> None:
         path = self.root / "objects" / protocol.worker_key(worker_id)

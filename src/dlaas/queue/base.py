@@ -99,5 +99,5 @@ class Queue(ABC):
     def dead_letter(self) -> Queue:
         return self.sibling(self.name + DLQ_SUFFIX)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections; the default has none."""

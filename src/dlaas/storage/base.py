@@ -82,7 +82,7 @@ class Storage(ABC):
     def get_json(self, key: str) -> Any:
         return json.loads(self.get(key))
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections; the default has none."""
 
     @abstractmethod

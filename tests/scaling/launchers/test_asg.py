@@ -136,7 +136,7 @@ def test_launch_stops_at_the_groups_max_size(group: Group) -> None:
 
 
 def test_a_missing_group_is_refused_at_start(moto: Endpoint) -> None:
-    with pytest.raises(ScalingError, match="'nope' does not exist.*create it"):
+    with pytest.raises(ScalingError, match=r"'nope' does not exist.*create it"):
         AsgLauncher(group_name="nope", storage=MemoryStorage("x"), endpoint_url=moto.url)
 
 
@@ -186,9 +186,7 @@ def test_scaling_to_zero_leaves_busy_and_protected_workers_alone(group: Group) -
 def test_a_lower_desired_capacity_never_takes_a_protected_worker(group: Group) -> None:
     """Scale-in by the group itself (by hand, or a scaling policy) skips protected ones."""
     ids = group.launcher.launch(3)
-    protection = ScaleInProtection.for_worker(
-        ids[0], client=group.autoscaling, release_after_s=0
-    )
+    protection = ScaleInProtection.for_worker(ids[0], client=group.autoscaling, release_after_s=0)
     protection.set(True)
     group.autoscaling.set_desired_capacity(AutoScalingGroupName=group.name, DesiredCapacity=1)
     assert group.members() == [ids[0]]
@@ -207,9 +205,7 @@ def protected_flags(group: Group) -> dict[str, bool]:
 
 def test_protection_is_set_while_busy_and_lifted_once_idle(group: Group) -> None:
     (worker,) = group.launcher.launch(1)
-    protection = ScaleInProtection.for_worker(
-        worker, client=group.autoscaling, release_after_s=0.3
-    )
+    protection = ScaleInProtection.for_worker(worker, client=group.autoscaling, release_after_s=0.3)
     assert protection.enabled and protection.group_name == group.name
     protection.set(True)
     assert protected_flags(group) == {worker: True}
@@ -227,9 +223,7 @@ def test_protection_is_set_while_busy_and_lifted_once_idle(group: Group) -> None
 
 def test_close_lifts_the_protection_at_once(group: Group) -> None:
     (worker,) = group.launcher.launch(1)
-    protection = ScaleInProtection.for_worker(
-        worker, client=group.autoscaling, release_after_s=60
-    )
+    protection = ScaleInProtection.for_worker(worker, client=group.autoscaling, release_after_s=60)
     protection.set(True)
     protection.set(False)
     protection.close()
@@ -274,7 +268,9 @@ def test_retire_leaves_the_group_and_lowers_its_desired_capacity(group: Group) -
 def test_retire_outside_a_group_just_powers_off(moto: Endpoint) -> None:
     ec2: Any = moto.client("ec2")
     (alone,) = ec2.run_instances(ImageId=IMAGE_ID, MinCount=1, MaxCount=1)["Instances"]
-    code = instance_module.retire(instance_id=alone["InstanceId"], client=moto.client("autoscaling"))
+    code = instance_module.retire(
+        instance_id=alone["InstanceId"], client=moto.client("autoscaling")
+    )
     assert code == instance_module.LEAVING
     assert instance_module.retire(instance_id="not-an-instance") == instance_module.LEAVING
 

@@ -145,7 +145,7 @@ def test_launch_of_zero_starts_nothing(fleet: Fleet) -> None:
 
 def test_a_failed_launch_says_what_to_check(fleet: Fleet) -> None:
     fleet.launcher.instance_profile = "no-such-profile"
-    with pytest.raises(Exception, match="run_instances .* failed.*instance profile"):
+    with pytest.raises(Exception, match=r"run_instances .* failed.*instance profile"):
         fleet.launcher.launch(1)
 
 
@@ -212,7 +212,10 @@ def test_scaling_to_zero_terminates_only_idle_instances(fleet: Fleet) -> None:
     }
 
     fleet.heartbeat(idle, "stopped")  # the worker saw its drain key and exited
-    assert fleet.states() == {idle: (WorkerState.DRAINING, False), busy: (WorkerState.DRAINING, True)}
+    assert fleet.states() == {
+        idle: (WorkerState.DRAINING, False),
+        busy: (WorkerState.DRAINING, True),
+    }
     assert fleet.ec2_state(idle) == "terminated"
 
     fleet.advance(3600)  # an hour-long batch: still never terminated
