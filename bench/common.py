@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from tests.support import ServeProcess  # noqa: E402  (needs the path above)
+
+__all__ = ["ServeProcess"]
+
 PHOTO_NAMES = (
     "astronaut", "chelsea", "coffee", "rocket", "cat", "hubble_deep_field",
     "immunohistochemistry", "colorwheel", "retina", "motorcycle_left",

@@ -17,9 +17,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.support import ServeProcess
-
-from common import LeanClient, bare_loop_img_s, cpu_count, ensure_model_dir, multipart, photo_set
+from common import (
+    LeanClient,
+    ServeProcess,
+    bare_loop_img_s,
+    cpu_count,
+    ensure_model_dir,
+    multipart,
+    photo_set,
+)
 
 
 def service_rate(port: int, images: list[bytes], endpoint: str, threads: int) -> float:

@@ -55,6 +55,7 @@ class Task:
     key: str
     reply_to: str | None = None  # name of a sibling queue to notify, if any
     enqueued_at: float = field(default_factory=time.time)
+    progress: bool = False  # also notify when classifying starts (for job event streams)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -68,6 +69,7 @@ class Task:
             key=str(data["key"]),
             reply_to=data.get("reply_to"),
             enqueued_at=float(data.get("enqueued_at", 0.0)),
+            progress=bool(data.get("progress", False)),
         )
 
 

@@ -244,3 +244,12 @@ def test_closing_a_sibling_keeps_the_shared_client_open(moto: Endpoint) -> None:
     sibling.close()
     queue.send("still works")
     assert [m.body for m in receive_until(queue, 1)] == ["still works"]
+
+
+def test_destroying_a_sibling_that_is_gone_does_not_create_it(moto: Endpoint) -> None:
+    """How a web process removes a dead process's reply queue that no longer exists."""
+    queue = _open(moto, create=True)
+    queue.sibling("dlaas-replies-gone").destroy()
+    sqs: Any = moto.client("sqs")
+    names = [u.rsplit("/", 1)[-1] for u in sqs.list_queues().get("QueueUrls", [])]
+    assert "dlaas-replies-gone" not in names

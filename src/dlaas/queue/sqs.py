@@ -113,11 +113,13 @@ class SqsQueue(Queue):
         max_receives: int | None = None,
         create: bool = False,
         dead_letter: bool = True,
+        lazy: bool = False,
         _owns_client: bool | None = None,
     ) -> None:
         """Resolve (and with ``create``, create) the queue now, so a bad name fails at start.
 
         ``dead_letter`` (with ``create``): also create ``NAME-dlq`` and a redrive policy.
+        ``lazy``: resolve on first use instead (siblings), raising QueueError then.
         """
         try:
             validate_queue_name(name)
@@ -131,11 +133,37 @@ class SqsQueue(Queue):
         self._sends = _SendLog()
         self._dlq_name: str | None = None
         self._dlq_url: str | None = None
-        requested = max_receives or DEFAULT_MAX_RECEIVES
-        self.max_receives = requested
-        self.queue_url = queue_url or self._resolve(create, requested, dead_letter)
-        self.url = self.queue_url
-        self._read_redrive(requested if max_receives is not None else None)
+        self.max_receives = max_receives or DEFAULT_MAX_RECEIVES
+        self.url = queue_url or f"sqs://{name}"
+        self._queue_url = queue_url
+        self._requested = max_receives
+        self._create = create
+        self._with_dlq = dead_letter
+        self._ready = False
+        self._lock = threading.Lock()
+        if not lazy:
+            self._ensure()
+
+    @property
+    def queue_url(self) -> str:
+        """The queue's SQS URL, resolved (or created) on first use for a lazy sibling."""
+        if not self._ready:
+            try:
+                self._ensure()
+            except ConfigError as exc:
+                raise QueueError(str(exc)) from None
+        assert self._queue_url is not None
+        return self._queue_url
+
+    def _ensure(self) -> None:
+        with self._lock:
+            if self._ready:
+                return
+            if self._queue_url is None:
+                self._queue_url = self._resolve(self._create, self.max_receives, self._with_dlq)
+            self.url = self._queue_url
+            self._read_redrive(self._requested)
+            self._ready = True
 
     @classmethod
     def from_url(
@@ -331,7 +359,11 @@ class SqsQueue(Queue):
         )
 
     def sibling(self, name: str) -> SqsQueue:
-        """Get or create ``name`` on the same endpoint. Siblings get no DLQ of their own."""
+        """Get or create ``name`` on the same endpoint. Siblings get no DLQ of their own.
+
+        The queue is looked up (and created) on first use, so destroying a sibling that
+        is already gone never creates it first.
+        """
         if name == self.name:
             return SqsQueue(
                 name,
@@ -346,6 +378,7 @@ class SqsQueue(Queue):
             max_receives=self.max_receives,
             create=True,
             dead_letter=False,
+            lazy=True,
             _owns_client=False,
         )
 
@@ -368,7 +401,10 @@ class SqsQueue(Queue):
     def destroy(self) -> None:
         """Delete the queue itself; a queue that is already gone is fine."""
         try:
-            self.client.delete_queue(QueueUrl=self.queue_url)
+            queue_url = self._queue_url
+            if queue_url is None:
+                queue_url = str(self.client.get_queue_url(QueueName=self.name)["QueueUrl"])
+            self.client.delete_queue(QueueUrl=queue_url)
         except ClientError as exc:
             if error_code(exc) not in _MISSING_QUEUE:
                 raise self._error("delete the queue", exc) from exc
@@ -418,7 +454,7 @@ class SqsQueue(Queue):
         attributes = self._call(
             "read the attributes of",
             self.client.get_queue_attributes,
-            QueueUrl=self.queue_url,
+            QueueUrl=self._queue_url,
             AttributeNames=["RedrivePolicy"],
         ).get("Attributes", {})
         policy = attributes.get("RedrivePolicy")
@@ -443,7 +479,7 @@ class SqsQueue(Queue):
         attributes = self._call(
             "read the attributes of",
             self.client.get_queue_attributes,
-            QueueUrl=self.queue_url,
+            QueueUrl=self._queue_url,
             AttributeNames=["QueueArn"],
         )
         return str(attributes["Attributes"]["QueueArn"])

@@ -8,6 +8,7 @@ reader opens either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from collections.abc import Iterator
@@ -19,6 +20,19 @@ from dlaas.storage.base import Storage, validate_key
 # Temporary names carry a "~", which no valid key segment may contain, so ``list`` can
 # never mistake a write in progress for an object.
 _TEMP_MARK = "~"
+_TEMP_PREFIX = ""
+_temp_seq = itertools.count()
+
+
+def _new_temp_prefix() -> None:
+    """Temp names are unique per process: reset at import and in every forked child."""
+    global _TEMP_PREFIX, _temp_seq
+    _TEMP_PREFIX = f"{os.getpid()}-{secrets.token_hex(3)}-"
+    _temp_seq = itertools.count()
+
+
+_new_temp_prefix()
+os.register_at_fork(after_in_child=_new_temp_prefix)
 _PUT_ATTEMPTS = 5
 
 
@@ -77,15 +91,25 @@ class LocalStorage(Storage):
         return any(parent.is_file() for parent in path.parents if self.root in parent.parents)
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}{_TEMP_MARK}{secrets.token_hex(6)}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        # The web tier writes every upload here, so this path is kept to a few syscalls:
+        # the parent directory is created only when the first open says it is missing,
+        # and the temp name comes from a counter (O_EXCL still guards against a clash).
+        temp = path.with_name(f".{path.name}{_TEMP_MARK}{_TEMP_PREFIX}{next(_temp_seq)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         try:
-            with open(fd, "wb", closefd=True) as f:
-                f.write(data)
+            fd = os.open(temp, flags, 0o666)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temp, flags, 0o666)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
                 if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(temp, path)
         except BaseException:
             temp.unlink(missing_ok=True)

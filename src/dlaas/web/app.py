@@ -244,7 +244,7 @@ def create_app(
                 raise WebError(
                     422, "no_valid_files", "every file was refused", extra={"rejected": rejected}
                 )
-            manifest = await run_in_threadpool(service.commit, job, hub.name)
+            manifest = await run_in_threadpool(service.commit, job, hub.name, progress=True)
         except BaseException:
             await run_in_threadpool(service.abort, job)
             raise

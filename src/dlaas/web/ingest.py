@@ -72,8 +72,14 @@ class JobService:
         job.images.append(image)
         return image
 
-    def commit(self, job: PendingJob, reply_to: str | None) -> dict[str, Any]:
-        """Write the manifest and enqueue every image in one batch."""
+    def commit(
+        self, job: PendingJob, reply_to: str | None, *, progress: bool = False
+    ) -> dict[str, Any]:
+        """Write the manifest and enqueue every image in one batch.
+
+        ``progress`` asks workers for a "classifying" notice too (job streams show it;
+        a synchronous request has no use for it).
+        """
         if not job.images:
             raise WebError(400, "no_files", "the upload holds no files; send one or more images")
         manifest = {
@@ -92,6 +98,7 @@ class JobService:
                 key=protocol.input_key(job.job_id, image["image_id"]),
                 reply_to=reply_to,
                 enqueued_at=now,
+                progress=progress,
             ).to_json()
             for image in job.images
         ]

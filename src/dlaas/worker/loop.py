@@ -301,7 +301,9 @@ class Worker:
         return done
 
     def _notify_started(self, items: list[_Item]) -> None:
-        self._send_replies(items, lambda _item: "classifying")
+        watched = [i for i in items if i.task.progress]
+        if watched:
+            self._send_replies(watched, lambda _item: "classifying")
 
     def _notify(self, done: list[_Item], infer_ms: float) -> None:
         inferred = [i for i in done if i.predictions is not None]
