@@ -36,12 +36,18 @@ SCALING = (
     "downscale_delay_s", "max_message_age_s", "scale_interval_s", "launcher",
 )  # fmt: skip
 
+AWS = (
+    "cluster_name", "asg_name", "ec2_launch_template", "ec2_image_id", "ec2_instance_type",
+    "ec2_subnet_id", "ec2_security_group_ids", "ec2_instance_profile", "worker_package",
+)  # fmt: skip
+
 GROUPS = {
     "storage and queue": COMMON,
     "model": MODEL,
     "worker": WORKER,
     "web": WEB,
     "scaling": SCALING,
+    "AWS launchers": AWS,
 }
 
 
@@ -85,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     controller = sub.add_parser(
         "controller", help="run the autoscaler alone (the web tier runs elsewhere)"
     )
-    _add_settings_flags(controller, ["storage and queue", "model", "worker", "scaling"])
+    _add_settings_flags(
+        controller, ["storage and queue", "model", "worker", "scaling", "AWS launchers"]
+    )
 
     classify = sub.add_parser("classify", help="upload images or folders to a running service")
     classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")

@@ -74,7 +74,49 @@ def build_launcher(settings: Settings, storage: Any, *, fixed: bool) -> Any:
             probe=health_probe(storage),
             preload=True,
         )
-    raise ConfigError(f"--launcher {settings.launcher} needs the AWS settings; see docs/aws.md")
+    if settings.launcher == "asg":
+        from dlaas.scaling.launchers.asg import AsgLauncher
+
+        if not settings.asg_name:
+            raise ConfigError("--launcher asg needs --asg-name; see docs/aws.md")
+        return AsgLauncher(
+            group_name=settings.asg_name, storage=storage, region=settings.aws_region
+        )
+
+    from dlaas.aws.userdata import render_user_data
+    from dlaas.scaling.launchers.ec2 import Ec2Launcher
+
+    groups = [g.strip() for g in (settings.ec2_security_group_ids or "").split(",") if g.strip()]
+    user_data = render_user_data(
+        storage_url=settings.storage_url,
+        queue_url=settings.queue_url,
+        package_spec=settings.worker_package,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        sqs_endpoint_url=settings.sqs_endpoint_url,
+        aws_region=settings.aws_region,
+        extra_env=worker_settings_env(settings),
+    )
+    return Ec2Launcher(
+        cluster=settings.cluster_name,
+        storage=storage,
+        user_data=user_data,
+        image_id=settings.ec2_image_id,
+        launch_template=settings.ec2_launch_template,
+        instance_type=settings.ec2_instance_type,
+        subnet_id=settings.ec2_subnet_id,
+        security_group_ids=groups,
+        instance_profile=settings.ec2_instance_profile,
+        region=settings.aws_region,
+    )
+
+
+def worker_settings_env(settings: Settings) -> dict[str, str]:
+    """The worker tuning a remote worker should share with this controller."""
+    names = (
+        "queue_name", "batch_size", "max_batch_delay_ms", "idle_timeout_s",
+        "visibility_timeout_s", "max_receives", "intra_op_threads",
+    )  # fmt: skip
+    return {f"DLAAS_{name.upper()}": str(getattr(settings, name)) for name in names}
 
 
 def run_serve(settings: Settings) -> int:

@@ -135,7 +135,26 @@ class Settings(BaseSettings):
     )
     scale_interval_s: float = Field(1.0, gt=0, description="controller period")
     launcher: Literal["local", "ec2", "asg"] = Field(
-        "local", description="how the controller starts workers"
+        "local", description="how the controller starts workers: local processes, EC2, or an ASG"
+    )
+
+    # AWS launchers (see docs/aws.md).
+    cluster_name: str = Field("dlaas", description="ec2: value of the dlaas:cluster tag")
+    asg_name: str | None = Field(None, description="asg: the Auto Scaling group of the workers")
+    ec2_launch_template: str | None = Field(
+        None, description="ec2: launch template name or ID (or give --ec2-image-id)"
+    )
+    ec2_image_id: str | None = Field(None, description="ec2: AMI of the worker instances")
+    ec2_instance_type: str | None = Field(None, description="ec2: instance type, e.g. c7i.large")
+    ec2_subnet_id: str | None = Field(None, description="ec2: subnet of the worker instances")
+    ec2_security_group_ids: str | None = Field(
+        None, description="ec2: comma-separated security group IDs"
+    )
+    ec2_instance_profile: str | None = Field(
+        None, description="ec2: IAM instance profile name of the workers"
+    )
+    worker_package: str = Field(
+        "dlaas[aws]", description="ec2: what the workers' user data pip-installs"
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
@@ -172,6 +191,10 @@ class Settings(BaseSettings):
             )
         if (self.model is None) != (self.labels is None):
             raise ValueError("--model and --labels go together: give both or neither")
+        if self.launcher == "asg" and not self.asg_name:
+            raise ValueError("--launcher asg needs --asg-name (the workers' Auto Scaling group)")
+        if self.launcher == "ec2" and not (self.ec2_launch_template or self.ec2_image_id):
+            raise ValueError("--launcher ec2 needs --ec2-launch-template or --ec2-image-id")
         return self
 
     # Derived values: defaults that depend on other settings.

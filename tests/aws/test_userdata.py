@@ -158,3 +158,30 @@ def test_dlaas_aws_user_data_command(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     bash_n(result.stdout, tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    script = render_user_data(storage_url=S3, queue_url=SQS)
+    units = re.findall(
+        r"cat > /etc/systemd/system/(\S+) <<'DLAAS_UNIT'\n(.*?)\nDLAAS_UNIT\n", script, re.S
+    )
+    assert [name for name, _ in units] == ["dlaas-worker.service", "dlaas-worker-failed.service"]
+    paths = []
+    for name, body in units:
+        (tmp_path / name).write_text(body + "\n")
+        paths.append(str(tmp_path / name))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *paths],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"SYSTEMD_LOG_LEVEL": "warning", "PATH": "/usr/bin:/bin"},
+    )
+    # The programs exist only on an instance; anything else reported is a real problem.
+    problems = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and "is not executable: No such file or directory" not in line
+    ]
+    assert problems == []

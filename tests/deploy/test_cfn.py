@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from dlaas.aws.userdata import render_user_data
 from dlaas.queue import open_queue
 from dlaas.queue.sqs import SqsQueue

@@ -68,7 +68,7 @@ def retire(
     """Leave the Auto Scaling group, if any, lowering its desired capacity. Returns an exit code."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from dlaas.aws import describe_error, make_client
+    from dlaas.aws.clients import describe_error, make_client
 
     instance_id = instance_id or metadata("instance-id")
     if not is_instance_id(instance_id):

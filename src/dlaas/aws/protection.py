@@ -65,7 +65,7 @@ class ScaleInProtection:
             return cls(instance_id=None, group_name=None)
         try:
             if client is None:
-                from dlaas.aws import make_client
+                from dlaas.aws.clients import make_client
 
                 client = make_client("autoscaling", region=region, endpoint_url=endpoint_url)
             group = auto_scaling_group_of(client, str(worker_id))

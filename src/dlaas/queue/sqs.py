@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dlaas.aws import describe_error, error_code, make_client
+from dlaas.aws.clients import describe_error, error_code, make_client
 from dlaas.errors import ConfigError, QueueError, ReceiptInvalid
 from dlaas.queue import check_receive_args, check_visibility, validate_queue_name
 from dlaas.queue.base import (

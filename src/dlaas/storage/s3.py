@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dlaas.aws import describe_error, error_code, http_status, make_client
+from dlaas.aws.clients import describe_error, error_code, http_status, make_client
 from dlaas.errors import ConfigError, ObjectNotFound, StorageError
 from dlaas.storage.base import Storage, validate_key
 

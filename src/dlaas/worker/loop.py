@@ -373,6 +373,7 @@ def run_worker(settings: Any) -> int:
     )
     storage = open_storage_from(settings)
     queue = open_queue_from(settings)
+    protection = _scale_in_protection(worker_id, settings)
     worker = Worker(
         storage=storage,
         queue=queue,
@@ -382,10 +383,26 @@ def run_worker(settings: Any) -> int:
         max_batch_delay_ms=settings.max_batch_delay_ms,
         idle_timeout_s=settings.idle_timeout_s,
         visibility_timeout_s=settings.visibility_timeout_s,
+        on_busy=protection.set if protection is not None else None,
     )
     worker.install_signal_handlers()
     try:
         return worker.run()
     finally:
+        if protection is not None:
+            protection.close()
         queue.close()
         storage.close()
+
+
+def _scale_in_protection(worker_id: str, settings: Any) -> Any:
+    """In an Auto Scaling group, protect this instance while it holds messages.
+
+    Only EC2 worker IDs (``i-...``) can be protected; elsewhere this is None and the
+    worker never imports boto3.
+    """
+    if not worker_id.startswith("i-"):
+        return None
+    from dlaas.aws.protection import ScaleInProtection
+
+    return ScaleInProtection.for_worker(worker_id, region=settings.aws_region)

@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dlaas.aws import describe_error, error_code, make_client
+from dlaas.aws.clients import describe_error, error_code, make_client
 from dlaas.aws.fleet import (
     CLUSTER_TAG,
     DRAIN_TAG,
