@@ -8,7 +8,9 @@ has none: a failure part-way removes what was already stored.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,8 @@ from dlaas.storage.base import Storage
 from dlaas.web.validate import check_image
 
 log = logging.getLogger("dlaas.web")
+
+RESULT_CACHE_SIZE = 20_000  # records (about 1 kB each)
 
 
 @dataclass
@@ -47,6 +51,10 @@ class JobService:
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.on_accepted = on_accepted
+        # Result records never change once written, so polling a big job reads each
+        # from storage once, not on every GET.
+        self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._results_lock = threading.Lock()
 
     def add(
         self, job: PendingJob, filename: str, data: bytes, image_id: str | None = None
@@ -132,13 +140,27 @@ class JobService:
             if image_id in seen:
                 continue
             try:
-                out.append(dict(self.storage.get_json(key)))
+                out.append(self._read_result(key))
             except ObjectNotFound:
                 continue
         return out
 
     def result(self, job_id: str, image_id: str) -> dict[str, Any]:
-        return dict(self.storage.get_json(protocol.result_key(job_id, image_id)))
+        return self._read_result(protocol.result_key(job_id, image_id))
+
+    def _read_result(self, key: str) -> dict[str, Any]:
+        """A copy of the stored record, from the cache when this process has read it before."""
+        with self._results_lock:
+            cached = self._results.get(key)
+            if cached is not None:
+                self._results.move_to_end(key)
+                return dict(cached)
+        record = dict(self.storage.get_json(key))
+        with self._results_lock:
+            self._results[key] = record
+            if len(self._results) > RESULT_CACHE_SIZE:
+                self._results.popitem(last=False)
+        return dict(record)
 
     def status(self, job_id: str) -> dict[str, Any]:
         manifest = self.manifest(job_id)
