@@ -238,17 +238,37 @@ def wait_zero(sampler: StatsSampler, run: Run) -> float | None:
 
 
 def calibrate(runs: dict[tuple[int, str], Run], max_workers: int) -> SimParams:
-    """Simulator parameters from the measurements: boot from the logs, cost per image from
-    the fixed runs (least-squares slope of wall time against images)."""
-    fixed = sorted((n, r.report().wall_s) for (n, mode), r in runs.items() if mode == "fixed")
-    boots = [b for r in runs.values() for b in r.boot_s]
+    """Simulator parameters from the measurements.
+
+    The fixed runs give the cost per image (slope of wall time against images) and the
+    per-job latency outside the workers (its intercept). Cold start comes from the elastic
+    runs that needed one worker (their wall time minus the fixed run's), which includes
+    what the logs' launch-to-ready time misses: the controller's reaction and the first,
+    slower forward pass. Without such runs, the logs' boot times are used.
+    """
+    fixed = {n: r.report().wall_s for (n, mode), r in runs.items() if mode == "fixed"}
     params = replace(local_preset(), max_workers=max_workers, cores=cpu_count())
     if len(fixed) >= 2:
-        xs, ys = zip(*fixed, strict=True)
+        xs, ys = list(fixed), list(fixed.values())
         mx, my = statistics.mean(xs), statistics.mean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in fixed) / sum((x - mx) ** 2 for x in xs)
-        params = replace(params, per_image_s=max(slope, 1e-4), per_batch_s=0.0)
-    if boots:
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+            (x - mx) ** 2 for x in xs
+        )
+        params = replace(
+            params,
+            per_image_s=max(slope, 1e-4),
+            per_batch_s=0.0,
+            latency_s=max(0.0, my - slope * mx),
+        )
+    cold = [
+        r.report().wall_s - fixed[n]
+        for (n, mode), r in runs.items()
+        if mode == "elastic" and n in fixed and r.report().peak_workers == 1
+    ]
+    boots = [b for r in runs.values() for b in r.boot_s]
+    if cold:
+        params = replace(params, boot_s=max(0.0, statistics.median(cold)))
+    elif boots:
         params = replace(params, boot_s=statistics.median(boots))
     return params
 
@@ -351,14 +371,16 @@ def main() -> int:
 
     if args.simulate_calibration:
         params = calibrate(runs, args.max_workers)
-        print(f"\nsimulator fitted: boot_s={params.boot_s:.2f} "
-              f"per_image_s={params.per_image_s:.4f} cores={params.cores}")  # fmt: skip
+        print(
+            f"\nsimulator fitted: boot_s={params.boot_s:.2f} per_image_s={params.per_image_s:.4f}"
+            f" latency_s={params.latency_s:.2f} cores={params.cores}"
+        )
         print(f"{'images':>6} {'mode':>8} {'measured s':>11} {'simulated s':>12} {'error':>7}")
         for (n, mode), run in runs.items():
             measured = run.report().wall_s
             predicted = simulate_mode(replace(params, images=n), mode).wall_s
             error = (predicted - measured) / measured if measured else 0.0
-            print(f"{n:6d} {mode:>8} {measured:11.1f} {predicted:12.1f} {error:+7.0%}")
+            print(f"{n:6d} {mode:>8} {measured:11.2f} {predicted:12.2f} {error:+7.0%}")
 
     if args.json:
         args.json.write_text(json.dumps([r.row() for r in reports], indent=2))

@@ -358,16 +358,19 @@ def run_worker(settings: Any) -> int:
     """Entry point of ``dlaas worker``: load the model once, then loop."""
     from dlaas.components import model_spec_from, open_queue_from, open_storage_from
     from dlaas.model import Classifier
+    from dlaas.worker.preload import classifier_for
 
     worker_id = settings.worker_id or default_worker_id()
     t0 = time.monotonic()
     spec = model_spec_from(settings)
-    classifier = Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
+    preloaded = classifier_for(spec.onnx_path, settings.intra_op_threads)
+    classifier = preloaded or Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
     log.info(
         "model_loaded",
         extra={
             "worker_id": worker_id,
             "model": spec.name,
+            "preloaded": preloaded is not None,
             "ms": round((time.monotonic() - t0) * 1000),
         },
     )

@@ -41,6 +41,7 @@ from dlaas import protocol
 from dlaas.errors import DlaasError, ScalingError
 from dlaas.scaling.launchers.base import Launcher, WorkerInfo, WorkerState
 from dlaas.storage.base import Storage
+from dlaas.worker.preload import PRELOAD_ENV
 
 log = logging.getLogger("dlaas.scaling")
 
@@ -64,6 +65,7 @@ PRELOAD_MODULES = [
     "dlaas.storage.local",
     "dlaas.queue",
     "dlaas.queue.sqlite",
+    "dlaas.worker.preload",  # last: loads and warms the model (see that module)
 ]
 
 READY_STATES = frozenset({"idle", "busy"})
@@ -160,8 +162,6 @@ class LocalLauncher(Launcher):
             )
         self.preload = preload
         self._forkserver: multiprocessing.context.BaseContext | None = None
-        if preload:
-            self._start_forkserver()
         self.worker_argv = list(worker_argv)
         self.env = dict(env or {})
         self.cwd = cwd
@@ -175,6 +175,8 @@ class LocalLauncher(Launcher):
         self._children: dict[str, _Child] = {}
         self._closed = False
         self._lock = threading.Lock()
+        if preload:
+            self._start_forkserver()
 
     # The Launcher interface ---------------------------------------------------
 
@@ -267,7 +269,15 @@ class LocalLauncher(Launcher):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         self._forkserver = multiprocessing.get_context("forkserver")
         self._forkserver.set_forkserver_preload(PRELOAD_MODULES)
-        forkserver.ensure_running()
+        # The fork server inherits this process's environment when it starts: give it the
+        # workers' settings for that moment, so it preloads the model they will use.
+        saved = dict(os.environ)
+        os.environ.update({**self.env, PRELOAD_ENV: "1"})
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
     def _fork(self, worker_id: str) -> _Forked:
         if self._forkserver is None:
