@@ -229,3 +229,45 @@ def test_a_refused_upload_says_why_on_each_image_and_can_be_retried(
     expect(job_error).to_be_hidden()
     page.close()
     assert errors == []
+
+
+def test_200_images_through_the_page_and_the_workers_rise_and_fall(
+    browser: Browser,
+    model_cache_dir: Path,
+    photo: Callable[[str], bytes],
+    tmp_path: Path,
+) -> None:
+    """All 200 results show, and the chart shows workers going up to max and back to 0."""
+    serve = ServeProcess(
+        tmp_path / "serve",
+        [
+            "--model-dir", str(model_cache_dir), "--max-workers", "2",
+            "--downscale-delay-s", "2", "--idle-timeout-s", "5",
+        ],
+    )  # fmt: skip
+    try:
+        serve.wait_ready()
+        sources = [photo(n) for n in ("chelsea", "coffee", "rocket", "astronaut")]
+        uploads = []
+        for i in range(200):
+            path = tmp_path / f"photo-{i:03d}.jpg"
+            path.write_bytes(sources[i % len(sources)])
+            uploads.append(path)
+        errors: list[str] = []
+        page = browser.new_page(viewport={"width": 1360, "height": 1000})
+        page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        page.goto(serve.url + "/")
+        expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        page.set_input_files("#file-input", [str(p) for p in uploads])
+
+        done = page.locator("#jobs .card[data-state='done']")
+        expect(done).to_have_count(200, timeout=180_000)
+        # Rising: the workers chart saw both workers; falling: the live count is back at 0.
+        expect(page.locator("#chart-workers")).to_have_attribute("data-peak", "2")
+        expect(page.locator("#v-running")).to_have_text("0", timeout=60_000)
+        OUTPUT_DIR.mkdir(exist_ok=True)
+        page.screenshot(path=str(OUTPUT_DIR / "page-200.png"))
+        page.close()
+        assert errors == []
+    finally:
+        assert serve.stop() == 0, serve.log()

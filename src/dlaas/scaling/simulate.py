@@ -146,9 +146,10 @@ def seed_preset() -> SimParams:
     predictions (docs/scaling.md).
     """
     return SimParams(
-        boot_s=225.0,
+        boot_s=120.0,  # a t2.micro-class instance to a running worker (~1-2 min)
         per_batch_s=0.0,
         per_image_s=14.0,
+        latency_s=105.0,  # per job outside the instances: uploads, controller, result polling
         batch_size=1,
         max_batch_delay_s=0.0,
         target_backlog_per_worker=1,
@@ -626,6 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--boot-s", type=float, help="launch to first receive, seconds")
     add("--per-batch-s", type=float, help="fixed cost of one batch, seconds")
     add("--per-image-s", type=float, help="cost of each image in a batch, seconds")
+    add("--latency-s", type=float, help="per-job time outside the workers, seconds")
     add("--batch-size", type=int, help="most images per batch")
     add("--max-batch-delay-s", type=float, help="wait to fill a short batch, seconds")
     add("--min-workers", type=int, help="elastic fleet: fewest workers")
