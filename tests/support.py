@@ -105,3 +105,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Every process below ``pid``, children first."""
+    out: list[int] = []
+    for child in children_of(pid):
+        out.append(child)
+        out.extend(descendants_of(child))
+    return out

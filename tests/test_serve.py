@@ -147,3 +147,43 @@ def test_classify_command_prints_labels_and_writes_files(
     failed = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1
     assert "notes.jpg" in failed.stdout
+
+
+def test_workers_do_not_outlive_a_killed_serve(tmp_path: Path, model_cache_dir: Path) -> None:
+    """Even after SIGKILL (no chance to drain), `dlaas serve` leaves no worker behind."""
+    import signal
+
+    from tests.support import descendants_of
+
+    proc = ServeProcess(tmp_path / "serve", ["--model-dir", str(model_cache_dir), "--workers", "2"])
+    proc.wait_ready()
+    deadline = time.monotonic() + 60
+    workers: list[int] = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        stats = httpx.get(proc.url + "/v1/stats", timeout=10).json()
+        if stats["workers"]["running"] == 2:
+            workers = [p for p in descendants_of(proc.proc.pid) if "worker" in _cmdline(p)]
+        time.sleep(0.2)
+    descendants = descendants_of(proc.proc.pid)
+    assert len(descendants) >= 2
+    proc.proc.send_signal(signal.SIGKILL)
+    proc.stop()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in descendants):
+        time.sleep(0.2)
+    assert [p for p in descendants if _alive(p)] == [], "processes outlived dlaas serve"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""

@@ -25,7 +25,7 @@ MODEL = (
 )  # fmt: skip
 WORKER = (
     "batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
-    "max_receives", "intra_op_threads", "worker_id",
+    "max_receives", "intra_op_threads", "worker_id", "parent_pid",
 )  # fmt: skip
 WEB = (
     "host", "port", "max_upload_mb", "max_pixels", "max_files_per_job", "max_backlog",

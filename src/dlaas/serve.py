@@ -30,6 +30,10 @@ def worker_env(settings: Settings, *, fixed: bool) -> dict[str, str]:
         value = getattr(settings, name)
         if value is not None and name != "worker_id":
             env[f"DLAAS_{name.upper()}"] = str(value)
+    # A local worker must not outlive `dlaas serve`, even one killed with SIGKILL. Its
+    # parent may be the fork server, which lives as long as any worker does, so the
+    # worker watches this process, not its parent.
+    env["DLAAS_PARENT_PID"] = str(os.getpid())
     env["DLAAS_DATA_DIR"] = str(settings.data_dir.resolve())
     env["DLAAS_STORAGE"] = settings.storage_url
     env["DLAAS_QUEUE"] = settings.queue_url

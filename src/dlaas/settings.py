@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(
         None, description="this worker's ID (set by launchers); default: host-pid"
     )
+    parent_pid: int | None = Field(
+        None,
+        description="finish the batch in hand and exit once this process is gone"
+        " (dlaas serve sets it for its local workers)",
+    )
 
     # Model.
     model_dir: Path | None = Field(None, description="model cache (default <data-dir>/models)")

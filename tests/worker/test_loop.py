@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -233,6 +236,30 @@ def test_stop_finishes_the_batch_in_hand_and_takes_no_more(
     for task in later:
         assert not storage.exists(protocol.result_key(task.job_id, task.image_id))
     assert queue.stats().visible == 2
+
+
+def test_exits_when_the_watched_parent_is_gone(
+    storage: Storage, queue: Queue, tiny_spec: ModelSpec
+) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    worker = make_worker(
+        storage, queue, Classifier(tiny_spec), idle_timeout_s=60, parent_pid=gone.pid
+    )
+    started = time.monotonic()
+    assert worker.run() == 0
+    assert worker.exit_reason == "parent_exited"
+    assert time.monotonic() - started < 5
+
+
+def test_keeps_running_while_the_watched_parent_lives(
+    storage: Storage, queue: Queue, tiny_spec: ModelSpec
+) -> None:
+    worker = make_worker(
+        storage, queue, Classifier(tiny_spec), idle_timeout_s=0.5, parent_pid=os.getpid()
+    )
+    assert worker.run() == 0
+    assert worker.exit_reason == "idle"
 
 
 def test_exits_after_idle_timeout(storage: Storage, queue: Queue, tiny_spec: ModelSpec) -> None:

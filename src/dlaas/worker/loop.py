@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
@@ -69,6 +70,7 @@ class Worker:
         drain_check_interval_s: float = 1.0,
         top_k: int = 5,
         on_busy: Callable[[bool], None] | None = None,
+        parent_pid: int | None = None,
     ) -> None:
         self.storage = storage
         self.queue = queue
@@ -82,6 +84,7 @@ class Worker:
         self.drain_check_interval_s = drain_check_interval_s
         self.top_k = top_k
         self.on_busy = on_busy
+        self.parent_pid = parent_pid
         self.health = HealthRecord(storage, worker_id)
         self._stop = threading.Event()
         self._reply_queues: dict[str, Queue] = {}
@@ -109,6 +112,9 @@ class Worker:
             while not self._stop.is_set():
                 if self._drain_requested():
                     self.exit_reason = "drained"
+                    break
+                if self.parent_pid is not None and not _process_exists(self.parent_pid):
+                    self.exit_reason = "parent_exited"
                     break
                 batch = self._receive_batch()
                 if self._stop.is_set():
@@ -387,6 +393,7 @@ def run_worker(settings: Any) -> int:
         idle_timeout_s=settings.idle_timeout_s,
         visibility_timeout_s=settings.visibility_timeout_s,
         on_busy=protection.set if protection is not None else None,
+        parent_pid=settings.parent_pid,
     )
     worker.install_signal_handlers()
     try:
@@ -409,3 +416,18 @@ def _scale_in_protection(worker_id: str, settings: Any) -> Any:
     from dlaas.aws.protection import ScaleInProtection
 
     return ScaleInProtection.for_worker(worker_id, region=settings.aws_region)
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: a killed parent whose own parent has not reaped it yet is a zombie
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
