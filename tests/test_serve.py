@@ -31,6 +31,12 @@ def server(
         assert code == 0, proc.log()
 
 
+def test_ready_only_once_workers_can_start(server: ServeProcess) -> None:
+    """`/readyz` waits for the fork server to hold a warm model, so a first job is quick."""
+    checks = httpx.get(server.url + "/readyz", timeout=10).json()["checks"]
+    assert checks == {"storage": "ok", "queue": "ok", "replies": "ok", "workers": "ok"}
+
+
 def test_cat_photo_gets_a_cat_label(server: ServeProcess, photo: Callable[[str], bytes]) -> None:
     response = httpx.post(
         server.url + "/", files={"myfile": ("cat.jpg", photo("chelsea"))}, timeout=60

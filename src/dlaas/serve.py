@@ -137,7 +137,12 @@ def run_serve(settings: Settings) -> int:
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
     app = create_app(
-        settings, storage, queue, stats_provider=controller.stats, on_enqueued=controller.wake
+        settings,
+        storage,
+        queue,
+        stats_provider=controller.stats,
+        on_enqueued=controller.wake,
+        workers_readiness=controller.launcher.readiness,
     )
     config = uvicorn.Config(
         app,

@@ -45,11 +45,13 @@ def create_app(
     *,
     stats_provider: Callable[[], dict[str, Any]] | None = None,
     on_enqueued: Callable[[], None] | None = None,
+    workers_readiness: Callable[[], str] | None = None,
 ) -> FastAPI:
     """Build the app around already-open backends.
 
     ``stats_provider`` is the controller's ``stats``; ``on_enqueued`` its ``wake``, so an
     idle service starts workers the moment a job arrives rather than at the next tick.
+    ``workers_readiness`` is the launcher's ``readiness``: ``/readyz`` waits for it too.
     """
     hub = ReplyHub(queue, storage)
     metrics = Metrics()
@@ -196,6 +198,7 @@ def create_app(
             reply = await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             hub.forget(image_id)
+            await run_in_threadpool(service.write_manifest, job)
             raise WebError(
                 504,
                 "timeout",
@@ -397,7 +400,7 @@ def create_app(
 
     @app.get("/readyz", tags=["ops"])
     async def readyz() -> JSONResponse:
-        """Storage and queue answer, and replies are being read."""
+        """Storage and queue answer, replies are being read, and workers can start."""
         checks: dict[str, str] = {}
         try:
             await run_in_threadpool(storage.exists, "jobs/readyz-probe")
@@ -410,6 +413,8 @@ def create_app(
         except DlaasError as exc:
             checks["queue"] = str(exc)
         checks["replies"] = "ok" if hub.alive else "reply reader is not running"
+        if workers_readiness is not None:
+            checks["workers"] = workers_readiness()
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks},
@@ -424,7 +429,8 @@ def _submit_one(
 ) -> None:
     try:
         service.add(job, filename, data, image_id=image_id)
-        service.commit(job, reply_to)
+        # The caller gets the result in the response; the manifest waits for a timeout.
+        service.commit(job, reply_to, manifest=False)
     except BaseException:
         service.abort(job)
         raise

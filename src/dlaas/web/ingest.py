@@ -81,23 +81,25 @@ class JobService:
         return image
 
     def commit(
-        self, job: PendingJob, reply_to: str | None, *, progress: bool = False
+        self,
+        job: PendingJob,
+        reply_to: str | None,
+        *,
+        progress: bool = False,
+        manifest: bool = True,
     ) -> dict[str, Any]:
         """Write the manifest and enqueue every image in one batch.
 
         ``progress`` asks workers for a "classifying" notice too (job streams show it;
-        a synchronous request has no use for it).
+        a synchronous request has no use for it). ``manifest=False`` leaves the manifest
+        to ``write_manifest``: a synchronous call answers with the result itself, and
+        writes the manifest only if it has to send its caller to ``GET /v1/jobs/<id>``.
         """
         if not job.images:
             raise WebError(400, "no_files", "the upload holds no files; send one or more images")
-        manifest = {
-            "job_id": job.job_id,
-            "created_at": job.created_at,
-            "images": job.images,
-        }
-        key = protocol.manifest_key(job.job_id)
-        self.storage.put_json(key, manifest)
-        job.stored_keys.append(key)
+        record = self.manifest_of(job)
+        if manifest:
+            self.write_manifest(job)
         now = time.time()
         tasks = [
             protocol.Task(
@@ -115,7 +117,16 @@ class JobService:
             log.info("image_accepted", extra={"job_id": job.job_id, "image_id": image["image_id"]})
         if self.on_accepted:
             self.on_accepted(len(job.images))
-        return manifest
+        return record
+
+    def manifest_of(self, job: PendingJob) -> dict[str, Any]:
+        return {"job_id": job.job_id, "created_at": job.created_at, "images": job.images}
+
+    def write_manifest(self, job: PendingJob) -> None:
+        """Make the job visible at ``GET /v1/jobs/<id>``."""
+        key = protocol.manifest_key(job.job_id)
+        self.storage.put_json(key, self.manifest_of(job))
+        job.stored_keys.append(key)
 
     def abort(self, job: PendingJob) -> None:
         """Remove what a failed upload stored; best effort, the job was never enqueued."""

@@ -102,7 +102,7 @@ class HealthRecord:
         self.record["images"] += images
         self.record["failed"] += failed
         self.record["last_batch_at"] = time.time()
-        self.update(state="idle")
+        self.update()
 
     def _write(self, now: float) -> None:
         self.record["updated_at"] = time.time()

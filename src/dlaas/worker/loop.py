@@ -121,6 +121,7 @@ class Worker:
                     self._release(batch)
                     break
                 if not batch:
+                    self.health.update(state="idle")
                     if time.monotonic() - idle_since >= self.idle_timeout_s:
                         self.exit_reason = "idle"
                         break

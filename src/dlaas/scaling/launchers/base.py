@@ -45,3 +45,7 @@ class Launcher(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Stop tracking; local launchers also drain what they started."""
+
+    def readiness(self) -> str:
+        """ "ok" once a launch would start promptly, else what it is waiting for."""
+        return "ok"

@@ -124,6 +124,10 @@ def _run_preloaded(cli_args: list[str], env: dict[str, str], cwd: str | None) ->
     sys.exit(main(cli_args))
 
 
+def _noop() -> None:
+    """The fork server's readiness probe: a child that exits at once."""
+
+
 @dataclass
 class _Child:
     id: str
@@ -175,6 +179,7 @@ class LocalLauncher(Launcher):
         self._children: dict[str, _Child] = {}
         self._closed = False
         self._lock = threading.Lock()
+        self._forkserver_warm = threading.Event()
         if preload:
             self._start_forkserver()
 
@@ -278,6 +283,23 @@ class LocalLauncher(Launcher):
         finally:
             os.environ.clear()
             os.environ.update(saved)
+        threading.Thread(target=self._await_forkserver, name="forkserver-warm", daemon=True).start()
+
+    def _await_forkserver(self) -> None:
+        """Fork one no-op child: the fork server answers only once its preload is done."""
+        assert self._forkserver is not None
+        try:
+            probe = self._forkserver.Process(target=_noop, name="dlaas-forkserver-probe")  # type: ignore[attr-defined]
+            probe.start()
+            probe.join()
+        except OSError as exc:
+            log.warning("forkserver_probe_failed", extra={"error": str(exc)})
+        self._forkserver_warm.set()
+
+    def readiness(self) -> str:
+        if self._forkserver is None or self._forkserver_warm.is_set():
+            return "ok"
+        return "the worker fork server is still loading the model"
 
     def _fork(self, worker_id: str) -> _Forked:
         if self._forkserver is None:
