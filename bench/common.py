@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,25 @@ class LeanClient:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def post_all(
+    port: int, path: str, bodies: Sequence[tuple[bytes, str]], threads: int, expect: int
+) -> float:
+    """Post every body from ``threads`` keep-alive clients; return requests per second."""
+
+    def send(chunk: Sequence[tuple[bytes, str]]) -> None:
+        client = LeanClient(port)
+        for body, content_type in chunk:
+            status, text = client.post(path, body, content_type)
+            assert status == expect, (status, text[:200])
+        client.close()
+
+    chunks = [bodies[i::threads] for i in range(threads)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(send, chunks))
+    return len(bodies) / (time.perf_counter() - started)
 
 
 def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:

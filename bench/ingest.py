@@ -13,40 +13,24 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import (
-    LeanClient,
     ServeProcess,
     bare_loop_img_s,
     cpu_count,
     ensure_model_dir,
     multipart,
     photo_set,
+    post_all,
 )
 
 
 def ingest_rate(port: int, images: list[bytes], files_per_request: int, threads: int) -> float:
     requests = [images[i : i + files_per_request] for i in range(0, len(images), files_per_request)]
     bodies = [multipart("files", [(f"{n}.jpg", b) for n, b in enumerate(r)]) for r in requests]
-
-    def send(chunk: list[tuple[bytes, str]]) -> int:
-        client = LeanClient(port)
-        accepted = 0
-        for body, ctype in chunk:
-            status, _ = client.post("/v1/jobs", body, ctype)
-            assert status == 202, status
-            accepted += 1
-        client.close()
-        return accepted
-
-    chunks = [bodies[i::threads] for i in range(threads)]
-    started = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(send, chunks))
-    return len(images) / (time.perf_counter() - started)
+    per_s = post_all(port, "/v1/jobs", bodies, threads, expect=202)
+    return per_s * len(images) / len(bodies)
 
 
 def main() -> None:

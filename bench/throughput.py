@@ -13,38 +13,23 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import (
-    LeanClient,
     ServeProcess,
     bare_loop_img_s,
     cpu_count,
     ensure_model_dir,
     multipart,
     photo_set,
+    post_all,
 )
 
 
 def service_rate(port: int, images: list[bytes], endpoint: str, threads: int) -> float:
     field = "myfile" if endpoint == "/" else "file"
     bodies = [multipart(field, [("photo.jpg", b)]) for b in images]
-
-    def send(chunk: list[tuple[bytes, str]]) -> int:
-        client = LeanClient(port)
-        for body, ctype in chunk:
-            status, text = client.post(endpoint, body, ctype)
-            assert status == 200, (status, text[:200])
-        client.close()
-        return len(chunk)
-
-    chunks = [bodies[i::threads] for i in range(threads)]
-    started = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(send, chunks))
-    return len(images) / (time.perf_counter() - started)
+    return post_all(port, endpoint, bodies, threads, expect=200)  # one image per request
 
 
 def main() -> None:

@@ -237,13 +237,13 @@ class FlakyQueue(Queue):
     def send_batch(self, bodies: object) -> list[str]:
         raise NotImplementedError
 
-    def receive(self, *args: object, **kwargs: object) -> list[object]:  # type: ignore[override]
+    def _receive(self, *args: object, **kwargs: object) -> list[object]:  # type: ignore[override]
         raise NotImplementedError
 
     def delete(self, receipt: str) -> None:
         raise NotImplementedError
 
-    def change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
+    def _change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
         raise NotImplementedError
 
     def sibling(self, name: str) -> Queue:

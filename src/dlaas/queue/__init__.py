@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from dlaas.errors import ConfigError, QueueError
-from dlaas.queue.base import DEFAULT_MAX_RECEIVES, Message, Queue, QueueStats
+from dlaas.queue.base import (
+    DEFAULT_MAX_RECEIVES,
+    Message,
+    Queue,
+    QueueStats,
+    check_receive_args,
+    check_visibility,
+)
 
 __all__ = [
     "ACCEPTED_SCHEMES",
@@ -97,21 +103,6 @@ def validate_queue_name(name: str) -> str:
             f"queue name {name!r} is invalid; use 1-80 characters from A-Z a-z 0-9 _ -"
         )
     return name
-
-
-def check_receive_args(max_messages: int, wait_time_s: float, visibility_timeout_s: float) -> None:
-    if max_messages < 1:
-        raise ValueError(f"max_messages must be >= 1, not {max_messages}")
-    if not (wait_time_s >= 0 and math.isfinite(wait_time_s)):
-        raise ValueError(f"wait_time_s must be a finite number >= 0, not {wait_time_s}")
-    check_visibility(visibility_timeout_s)
-
-
-def check_visibility(visibility_timeout_s: float) -> None:
-    if not (visibility_timeout_s >= 0 and math.isfinite(visibility_timeout_s)):
-        raise ValueError(
-            f"visibility_timeout_s must be a finite number >= 0, not {visibility_timeout_s}"
-        )
 
 
 def _refuse_options(url: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:

@@ -7,6 +7,7 @@ receiver deletes it when done or it comes back. A message received more than
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +55,6 @@ class Queue(ABC):
     def send_batch(self, bodies: Sequence[str]) -> list[str]:
         """Enqueue all bodies or none of them; return their IDs in order."""
 
-    @abstractmethod
     def receive(
         self,
         max_messages: int = 1,
@@ -65,6 +65,14 @@ class Queue(ABC):
 
         Returns ``[]`` on timeout. Never spins: waiting sleeps or blocks.
         """
+        check_receive_args(max_messages, wait_time_s, visibility_timeout_s)
+        return self._receive(max_messages, wait_time_s, visibility_timeout_s)
+
+    @abstractmethod
+    def _receive(
+        self, max_messages: int, wait_time_s: float, visibility_timeout_s: float
+    ) -> list[Message]:
+        """``receive`` with arguments already checked."""
 
     @abstractmethod
     def delete(self, receipt: str) -> None:
@@ -74,12 +82,17 @@ class Queue(ABC):
         for receipt in receipts:
             self.delete(receipt)
 
-    @abstractmethod
     def change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
         """Extend (heartbeat) or shorten a received message's invisibility.
 
         Raises ReceiptInvalid when the receipt is stale.
         """
+        check_visibility(visibility_timeout_s)
+        self._change_visibility(receipt, visibility_timeout_s)
+
+    @abstractmethod
+    def _change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
+        """``change_visibility`` with the timeout already checked."""
 
     @abstractmethod
     def stats(self) -> QueueStats: ...
@@ -101,3 +114,18 @@ class Queue(ABC):
 
     def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections; the default has none."""
+
+
+def check_receive_args(max_messages: int, wait_time_s: float, visibility_timeout_s: float) -> None:
+    if max_messages < 1:
+        raise ValueError(f"max_messages must be >= 1, not {max_messages}")
+    if not (wait_time_s >= 0 and math.isfinite(wait_time_s)):
+        raise ValueError(f"wait_time_s must be a finite number >= 0, not {wait_time_s}")
+    check_visibility(visibility_timeout_s)
+
+
+def check_visibility(visibility_timeout_s: float) -> None:
+    if not (visibility_timeout_s >= 0 and math.isfinite(visibility_timeout_s)):
+        raise ValueError(
+            f"visibility_timeout_s must be a finite number >= 0, not {visibility_timeout_s}"
+        )

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dlaas.errors import ReceiptInvalid
-from dlaas.queue import check_receive_args, check_visibility, validate_queue_name
+from dlaas.queue import validate_queue_name
 from dlaas.queue.base import (
     DEFAULT_MAX_RECEIVES,
-    DEFAULT_VISIBILITY_TIMEOUT_S,
     DLQ_SUFFIX,
     Message,
     Queue,
@@ -90,13 +89,9 @@ class MemoryQueue(Queue):
             self._broker.condition(self.name).notify_all()
         return [entry.id for entry in entries]
 
-    def receive(
-        self,
-        max_messages: int = 1,
-        wait_time_s: float = 0.0,
-        visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+    def _receive(
+        self, max_messages: int, wait_time_s: float, visibility_timeout_s: float
     ) -> list[Message]:
-        check_receive_args(max_messages, wait_time_s, visibility_timeout_s)
         deadline = time.monotonic() + wait_time_s
         with self._broker.lock:
             while True:
@@ -164,8 +159,7 @@ class MemoryQueue(Queue):
             for receipt in receipts:
                 self.delete(receipt)  # the broker's lock is re-entrant
 
-    def change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
-        check_visibility(visibility_timeout_s)
+    def _change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
         with self._broker.lock:
             entry = self._find(receipt)
             if entry is None:

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from dlaas.errors import QueueError, ReceiptInvalid
-from dlaas.queue import check_receive_args, check_visibility, validate_queue_name
+from dlaas.queue import validate_queue_name
 from dlaas.queue.base import (
     DEFAULT_MAX_RECEIVES,
-    DEFAULT_VISIBILITY_TIMEOUT_S,
     DLQ_SUFFIX,
     Message,
     Queue,
@@ -285,13 +284,9 @@ class SqliteQueue(Queue):
 
     # Receiving ---------------------------------------------------------------
 
-    def receive(
-        self,
-        max_messages: int = 1,
-        wait_time_s: float = 0.0,
-        visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+    def _receive(
+        self, max_messages: int, wait_time_s: float, visibility_timeout_s: float
     ) -> list[Message]:
-        check_receive_args(max_messages, wait_time_s, visibility_timeout_s)
         deadline = time.monotonic() + wait_time_s
         while True:
             seen = self._db.version(self.name)
@@ -375,8 +370,7 @@ class SqliteQueue(Queue):
                 )
             )
 
-    def change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
-        check_visibility(visibility_timeout_s)
+    def _change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
         key = self._parse(receipt)
         updated = 0
         if key is not None:

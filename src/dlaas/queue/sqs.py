@@ -29,10 +29,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from dlaas.aws.clients import describe_error, error_code, make_client
 from dlaas.errors import ConfigError, QueueError, ReceiptInvalid
-from dlaas.queue import check_receive_args, check_visibility, validate_queue_name
+from dlaas.queue import validate_queue_name
 from dlaas.queue.base import (
     DEFAULT_MAX_RECEIVES,
-    DEFAULT_VISIBILITY_TIMEOUT_S,
     DLQ_SUFFIX,
     Message,
     Queue,
@@ -260,13 +259,9 @@ class SqsQueue(Queue):
 
     # Receiving ------------------------------------------------------------------
 
-    def receive(
-        self,
-        max_messages: int = 1,
-        wait_time_s: float = 0.0,
-        visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S,
+    def _receive(
+        self, max_messages: int, wait_time_s: float, visibility_timeout_s: float
     ) -> list[Message]:
-        check_receive_args(max_messages, wait_time_s, visibility_timeout_s)
         deadline = time.monotonic() + wait_time_s
         visibility = _whole_seconds(visibility_timeout_s)
         messages: list[Message] = []
@@ -323,8 +318,7 @@ class SqsQueue(Queue):
                 detail = "; ".join(f"{f.get('Code')}: {f.get('Message')}" for f in failed)
                 raise QueueError(f"SQS could not delete {len(failed)} message(s): {detail}")
 
-    def change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
-        check_visibility(visibility_timeout_s)
+    def _change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
         try:
             self.client.change_message_visibility(
                 QueueUrl=self.queue_url,

@@ -43,6 +43,10 @@ _EPS = 1e-9
 # Parameters ---------------------------------------------------------------------
 
 
+# Simulated workers never crash, so a message they hold never comes back.
+HELD_S = 1e12
+
+
 @dataclass(frozen=True)
 class SimParams:
     """One scenario. Times in seconds, rates in images per second."""
@@ -270,13 +274,10 @@ class SimQueue(Queue):
         self._visible.extend(stored)
         return [m.id for m in stored]
 
-    def receive(
-        self,
-        max_messages: int = 1,
-        wait_time_s: float = 0.0,
-        visibility_timeout_s: float = 30.0,
+    def _receive(
+        self, max_messages: int, wait_time_s: float, visibility_timeout_s: float
     ) -> list[Message]:
-        now = self.clock()
+        now = self.clock()  # a simulated queue never waits: the clock moves only by events
         self._expire(now)
         out: list[Message] = []
         while self._visible and len(out) < max_messages:
@@ -288,21 +289,19 @@ class SimQueue(Queue):
             m.receipt = f"{m.id}:{m.receive_count}"
             m.invisible_until = now + visibility_timeout_s
             self._in_flight[m.receipt] = m
-            if math.isfinite(m.invisible_until):
-                heapq.heappush(self._expiry, (m.invisible_until, m.receipt))
+            heapq.heappush(self._expiry, (m.invisible_until, m.receipt))
             out.append(Message(m.id, m.body, m.receipt, m.receive_count, m.sent_at))
         return out
 
     def delete(self, receipt: str) -> None:
         self._in_flight.pop(receipt, None)
 
-    def change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
+    def _change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
         m = self._in_flight.get(receipt)
         if m is None:
             raise ReceiptInvalid(f"receipt {receipt!r} is stale")
         m.invisible_until = self.clock() + visibility_timeout_s
-        if math.isfinite(m.invisible_until):
-            heapq.heappush(self._expiry, (m.invisible_until, receipt))
+        heapq.heappush(self._expiry, (m.invisible_until, receipt))
 
     def stats(self) -> QueueStats:
         now = self.clock()
@@ -540,7 +539,7 @@ class _Simulation:
         for worker_id in list(self.idle):
             if self.queue.visible_count == 0:
                 return
-            messages = self.queue.receive(p.batch_size, visibility_timeout_s=math.inf)
+            messages = self.queue.receive(p.batch_size, visibility_timeout_s=HELD_S)
             if not messages:
                 return  # all dead-lettered
             del self.idle[worker_id]
