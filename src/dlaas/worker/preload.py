@@ -45,10 +45,8 @@ def _load() -> Preloaded | None:
     settings = load_settings()
     spec = model_spec_from(settings)
     classifier = Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
-    # Warm up at the full batch size: ONNX Runtime plans memory per input shape and grows
-    # its arena on first use, which made each new worker's first batch ~1.5x slower.
-    warm_up = np.zeros(spec.preprocessing.input_shape(settings.batch_size), dtype=np.float32)
-    classifier.predict(warm_up)
+    warm_up = np.zeros(spec.preprocessing.input_shape(1), dtype=np.float32)
+    classifier.predict(warm_up)  # warm up: the first run is slowest
     return Preloaded(spec.onnx_path.resolve(), settings.intra_op_threads, classifier)
 
 
