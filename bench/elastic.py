@@ -247,24 +247,29 @@ def calibrate(runs: dict[tuple[int, str], Run], max_workers: int) -> SimParams:
     """Simulator parameters from the measurements.
 
     The fixed runs give the cost per image (slope of wall time against images) and the
-    per-job latency outside the workers (its intercept). Cold start comes from the elastic
-    runs that needed one worker (their wall time minus the fixed run's), which includes
-    what the logs' launch-to-ready time misses: the controller's reaction and the first,
-    slower forward pass. Without such runs, the logs' boot times are used.
+    per-job latency outside the workers (its intercept), fitted for relative error. Cold
+    start comes from the elastic runs that needed one worker (their wall time minus the
+    fixed run's), which includes what the logs' launch-to-ready time misses: the
+    controller's reaction and the first, slower forward pass. Without such runs, the
+    logs' boot times are used.
     """
     fixed = {n: r.report().wall_s for (n, mode), r in runs.items() if mode == "fixed"}
     params = replace(local_preset(), max_workers=max_workers, cores=cpu_count())
     if len(fixed) >= 2:
+        # Least squares on relative error (weights 1/y^2): the simulator is judged by its
+        # percentage error, and plain least squares lets the 1,000-image run's noise
+        # swamp the intercept that decides the small jobs.
         xs, ys = list(fixed), list(fixed.values())
-        mx, my = statistics.mean(xs), statistics.mean(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
-            (x - mx) ** 2 for x in xs
-        )
+        w = [1 / y**2 for y in ys]
+        sw, sx, sy = sum(w), _dot(w, xs), _dot(w, ys)
+        sxx = _dot(w, [x * x for x in xs])
+        sxy = _dot(w, [x * y for x, y in zip(xs, ys, strict=True)])
+        slope = (sw * sxy - sx * sy) / (sw * sxx - sx * sx)
         params = replace(
             params,
             per_image_s=max(slope, 1e-4),
             per_batch_s=0.0,
-            latency_s=max(0.0, my - slope * mx),
+            latency_s=max(0.0, (sy - slope * sx) / sw),
         )
     cold = [
         r.report().wall_s - fixed[n]
@@ -277,6 +282,10 @@ def calibrate(runs: dict[tuple[int, str], Run], max_workers: int) -> SimParams:
     elif boots:
         params = replace(params, boot_s=statistics.median(boots))
     return params
+
+
+def _dot(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
 
 
 def plot(runs: dict[str, Run], path: Path) -> None:
