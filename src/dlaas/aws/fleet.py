@@ -124,14 +124,14 @@ class FleetLauncher(Launcher):
         storage: Storage,
         grace: Grace | None = None,
         heartbeat_max_age_s: float = 5.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         """``heartbeat_max_age_s``: how long ``list`` may reuse a heartbeat it read
         (the controller lists every second; each read is one storage GET)."""
         self.storage = storage
         self.grace = grace or Grace()
         self.heartbeat_max_age_s = heartbeat_max_age_s
-        self.clock = clock
+        self.clock = clock or time.time
         self.terminated: list[tuple[str, str]] = []  # (instance ID, reason), for operators
         self._heartbeats: dict[str, tuple[float, Heartbeat]] = {}
         self._known: set[str] = set()

@@ -361,8 +361,8 @@ class _SimLauncher(MemoryLauncher):
         super().__init__(clock=sim.clock, prefix="sim")
         self.sim = sim
 
-    def launch(self, n: int) -> builtins.list[str]:
-        ids = super().launch(n)
+    def _launch(self, n: int) -> builtins.list[str]:
+        ids = super()._launch(n)
         for worker_id in ids:
             self.sim.on_launch(worker_id)
         return ids

@@ -97,9 +97,7 @@ class JobService:
         """
         if not job.images:
             raise WebError(400, "no_files", "the upload holds no files; send one or more images")
-        record = self.manifest_of(job)
-        if manifest:
-            self.write_manifest(job)
+        record = self.write_manifest(job) if manifest else self.manifest_of(job)
         now = time.time()
         tasks = [
             protocol.Task(
@@ -122,11 +120,13 @@ class JobService:
     def manifest_of(self, job: PendingJob) -> dict[str, Any]:
         return {"job_id": job.job_id, "created_at": job.created_at, "images": job.images}
 
-    def write_manifest(self, job: PendingJob) -> None:
-        """Make the job visible at ``GET /v1/jobs/<id>``."""
+    def write_manifest(self, job: PendingJob) -> dict[str, Any]:
+        """Make the job visible at ``GET /v1/jobs/<id>``; return the manifest."""
+        record = self.manifest_of(job)
         key = protocol.manifest_key(job.job_id)
-        self.storage.put_json(key, self.manifest_of(job))
+        self.storage.put_json(key, record)
         job.stored_keys.append(key)
+        return record
 
     def abort(self, job: PendingJob) -> None:
         """Remove what a failed upload stored; best effort, the job was never enqueued."""

@@ -110,11 +110,9 @@ class Worker:
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
-                if self._drain_requested():
-                    self.exit_reason = "drained"
-                    break
-                if self.parent_pid is not None and not _process_exists(self.parent_pid):
-                    self.exit_reason = "parent_exited"
+                leaving = self._told_to_leave()
+                if leaving:
+                    self.exit_reason = leaving
                     break
                 batch = self._receive_batch()
                 if self._stop.is_set():
@@ -167,15 +165,18 @@ class Worker:
             with contextlib.suppress(DlaasError):
                 self.queue.change_visibility(message.receipt, 0)
 
-    def _drain_requested(self) -> bool:
+    def _told_to_leave(self) -> str | None:
+        """ "drained" or "parent_exited" when it is time to go; checked once an interval."""
         now = time.monotonic()
         if now < self._next_drain_check:
-            return False
+            return None
         self._next_drain_check = now + self.drain_check_interval_s
+        if self.parent_pid is not None and not _process_exists(self.parent_pid):
+            return "parent_exited"
         try:
-            return self.storage.exists(protocol.drain_key(self.worker_id))
+            return "drained" if self.storage.exists(protocol.drain_key(self.worker_id)) else None
         except StorageError:
-            return False
+            return None
 
     # Processing --------------------------------------------------------------
 

@@ -70,10 +70,7 @@ class AsgLauncher(FleetLauncher):
         if not group_name:
             raise ConfigError("the Auto Scaling launcher needs the group's name")
         super().__init__(
-            storage=storage,
-            grace=grace,
-            heartbeat_max_age_s=heartbeat_max_age_s,
-            **({"clock": clock} if clock else {}),
+            storage=storage, grace=grace, heartbeat_max_age_s=heartbeat_max_age_s, clock=clock
         )
         self.group_name = group_name
         self.autoscaling = autoscaling_client or make_client(
@@ -82,16 +79,12 @@ class AsgLauncher(FleetLauncher):
         self.ec2 = ec2_client or make_client("ec2", region=region, endpoint_url=endpoint_url)
         self._group()  # a missing group or a missing permission fails at start
 
-    def launch(self, n: int) -> builtins.list[str]:
+    def _launch(self, n: int) -> builtins.list[str]:
         """Raise the desired capacity so the group holds ``n`` more instances.
 
         Returns the IDs of instances that appeared at once (often none: the group
         creates them within seconds, and ``list`` shows them from then on).
         """
-        if n < 0:
-            raise ValueError(f"cannot launch a negative number of workers ({n})")
-        if n == 0:
-            return []
         group = self._group()
         present = [i for i in group.get("Instances", ()) if i["LifecycleState"] in _PHASES]
         staying = [i for i in present if _PHASES[i["LifecycleState"]] != "leaving"]

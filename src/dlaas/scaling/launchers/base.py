@@ -35,9 +35,15 @@ class Launcher(ABC):
     def list(self) -> builtins.list[WorkerInfo]:
         """Workers that are starting, running or draining (not the ones gone)."""
 
-    @abstractmethod
     def launch(self, n: int) -> builtins.list[str]:
         """Start ``n`` more workers; return their IDs."""
+        if n < 0:
+            raise ValueError(f"cannot launch a negative number of workers ({n})")
+        return self._launch(n) if n else []
+
+    @abstractmethod
+    def _launch(self, n: int) -> builtins.list[str]:
+        """``launch`` for ``n`` >= 1."""
 
     @abstractmethod
     def drain(self, worker_ids: Sequence[str]) -> None:

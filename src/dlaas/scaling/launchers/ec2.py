@@ -79,10 +79,7 @@ class Ec2Launcher(FleetLauncher):
         if launch_template is None and instance_type is None:
             raise ConfigError("the EC2 launcher needs an instance type when no launch template")
         super().__init__(
-            storage=storage,
-            grace=grace,
-            heartbeat_max_age_s=heartbeat_max_age_s,
-            **({"clock": clock} if clock else {}),
+            storage=storage, grace=grace, heartbeat_max_age_s=heartbeat_max_age_s, clock=clock
         )
         self.cluster = cluster
         self.user_data = user_data
@@ -97,12 +94,8 @@ class Ec2Launcher(FleetLauncher):
         self.tags = dict(tags or {})
         self.client = client or make_client("ec2", region=region, endpoint_url=endpoint_url)
 
-    def launch(self, n: int) -> builtins.list[str]:
+    def _launch(self, n: int) -> builtins.list[str]:
         """Start ``n`` instances, or as many as EC2 has capacity for when it has fewer."""
-        if n < 0:
-            raise ValueError(f"cannot launch a negative number of workers ({n})")
-        if n == 0:
-            return []
         args = self.run_instances_args(n)
         try:
             try:

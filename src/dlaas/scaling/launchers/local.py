@@ -190,9 +190,7 @@ class LocalLauncher(Launcher):
             self._reap()
             return [self._info(child) for child in self._children.values()]
 
-    def launch(self, n: int) -> builtins.list[str]:
-        if n < 0:
-            raise ValueError(f"cannot launch a negative number of workers ({n})")
+    def _launch(self, n: int) -> builtins.list[str]:
         ids = []
         with self._lock:
             if self._closed:

@@ -43,9 +43,7 @@ class MemoryLauncher(Launcher):
         with self._lock:
             return list(self._workers.values())
 
-    def launch(self, n: int) -> builtins.list[str]:
-        if n < 0:
-            raise ValueError(f"cannot launch a negative number of workers ({n})")
+    def _launch(self, n: int) -> builtins.list[str]:
         now = self.clock()
         ids = []
         with self._lock:
