@@ -35,11 +35,9 @@ PHOTO_NAMES = (
 )  # fmt: skip
 
 
-def photo_set(n: int, *, size: tuple[int, int] = (640, 480), seed: int = 0) -> list[bytes]:
-    """``n`` distinct JPEGs cut from scikit-image's real photos (random crops, resized)."""
+def _sources() -> list[Image.Image]:
     from skimage import data
 
-    rng = np.random.default_rng(seed)
     sources = []
     for name in PHOTO_NAMES:
         try:
@@ -48,13 +46,37 @@ def photo_set(n: int, *, size: tuple[int, int] = (640, 480), seed: int = 0) -> l
             continue
         if arr.ndim == 3 and arr.shape[2] >= 3:
             sources.append(Image.fromarray(arr[:, :, :3]))
+    return sources
+
+
+def photo_set(
+    n: int,
+    *,
+    size: tuple[int, int] = (640, 480),
+    sizes: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> list[bytes]:
+    """``n`` distinct JPEGs cut from scikit-image's real photos (random crops, resized).
+
+    ``size`` gives every photo the same ``(w, h)``. ``sizes=(lo, hi)`` gives mixed sizes
+    instead, as users upload them: each long side is drawn uniformly in ``[lo, hi]`` px and
+    the aspect ratio is that of the random crop. Same ``seed``, same bytes.
+    """
+    rng = np.random.default_rng(seed)
+    sources = _sources()
     out = []
     for i in range(n):
         src = sources[i % len(sources)]
         w, h = src.size
         cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
         x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-        img = src.crop((x, y, x + cw, y + ch)).resize(size)
+        crop = src.crop((x, y, x + cw, y + ch))
+        if sizes is None:
+            img = crop.resize(size)
+        else:
+            long_side = int(rng.integers(sizes[0], sizes[1] + 1))
+            scale = long_side / max(cw, ch)
+            img = crop.resize((max(1, round(cw * scale)), max(1, round(ch * scale))))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=int(rng.integers(80, 95)))
         out.append(buf.getvalue())

@@ -20,9 +20,9 @@ def test_defaults_need_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None
     assert s.storage_url == f"file://{Path('.dlaas/objects').resolve()}"
     assert s.queue_url == f"sqlite://{Path('.dlaas/queue.db').resolve()}"
     assert (s.host, s.port, s.batch_size, s.max_upload_mb, s.max_pixels) == (
-        "127.0.0.1", 8000, 16, 20.0, 40_000_000,
+        "127.0.0.1", 8000, 8, 20.0, 40_000_000,
     )  # fmt: skip
-    assert s.backlog_target == 4 * s.batch_size
+    assert s.backlog_target == 2
 
 
 def test_environment_twins(monkeypatch: pytest.MonkeyPatch) -> None:

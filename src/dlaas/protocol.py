@@ -1,6 +1,8 @@
 """What crosses process boundaries: storage keys, queue bodies and result records.
 
-Bodies carry only IDs and keys (as in the seed), so no queue ever sees image bytes.
+Task bodies carry only IDs and keys (as in the seed), so no queue ever sees image bytes.
+A reply may carry the small result record itself (``Reply.result``): a synchronous call
+then reads no result file, and the worker writes none.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Task:
     reply_to: str | None = None  # name of a sibling queue to notify, if any
     enqueued_at: float = field(default_factory=time.time)
     progress: bool = False  # also notify when classifying starts (for job event streams)
+    # Send the result record inside the reply and store no result file: a synchronous
+    # call answers from the reply; its web process stores the record only if nobody waits.
+    inline_result: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -70,6 +75,7 @@ class Task:
             reply_to=data.get("reply_to"),
             enqueued_at=float(data.get("enqueued_at", 0.0)),
             progress=bool(data.get("progress", False)),
+            inline_result=bool(data.get("inline_result", False)),
         )
 
 
@@ -91,6 +97,9 @@ class Reply:
     # Set on exactly one final reply per batch ({"size": n, "infer_ms": t}), so per-batch
     # metrics count each forward pass once, however many web processes share the batch.
     batch: dict[str, float] | None = None
+    # The whole result record when the task asked for ``inline_result``; else None and the
+    # record is at ``result_key``.
+    result: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -110,6 +119,7 @@ class Reply:
             enqueued_at=data.get("enqueued_at"),
             completed_at=data.get("completed_at"),
             batch=data.get("batch"),
+            result=data["result"] if isinstance(data.get("result"), dict) else None,
         )
 
 

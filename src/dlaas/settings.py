@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dlaas.defaults import BATCH_SIZE, TARGET_BACKLOG_PER_WORKER
 from dlaas.errors import ConfigError
 
 STORAGE_SCHEMES = ("file", "memory", "s3")
@@ -76,9 +77,11 @@ class Settings(BaseSettings):
     workers: int | None = Field(
         None, ge=0, description="fixed (non-elastic) mode: run exactly N local workers"
     )
-    batch_size: int = Field(16, ge=1, le=256, description="most images per forward pass")
+    batch_size: int = Field(BATCH_SIZE, ge=1, le=256, description="most images per forward pass")
     max_batch_delay_ms: float = Field(
-        10.0, ge=0, description="longest wait to fill a batch once a message is in hand"
+        10.0,
+        ge=0,
+        description="longest time to top a batch up while more messages are arriving",
     )
     idle_timeout_s: float = Field(
         30.0, gt=0, description="a worker exits after this long without messages"
@@ -126,8 +129,10 @@ class Settings(BaseSettings):
     max_workers: int = Field(
         default_factory=_cpu_count, ge=1, description="elastic mode: most workers"
     )
-    target_backlog_per_worker: int | None = Field(
-        None, ge=1, description="messages per worker (default 4 x batch size)"
+    target_backlog_per_worker: int = Field(
+        TARGET_BACKLOG_PER_WORKER,
+        ge=1,
+        description="messages waiting or in a batch per worker before another one starts",
     )
     upscale_delay_s: float = Field(
         0.0, ge=0, description="a higher worker count must hold this long before scaling up"
@@ -221,7 +226,7 @@ class Settings(BaseSettings):
 
     @property
     def backlog_target(self) -> int:
-        return self.target_backlog_per_worker or 4 * self.batch_size
+        return self.target_backlog_per_worker
 
     def storage_options(self) -> dict[str, Any]:
         if urlparse(self.storage_url).scheme != "s3":

@@ -272,3 +272,16 @@ def test_run_survives_errors_wakes_early_and_stops() -> None:
         stop.set()
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_a_wake_runs_a_round_only_while_the_fleet_is_empty(
+    queue: Queue, launcher: MemoryLauncher, clock: Clock
+) -> None:
+    controller = make(queue, launcher, clock)
+    controller.wake()  # no decision yet: wake
+    assert controller._wake.is_set()
+    controller._wake.clear()
+    queue.send_batch(["m"])
+    controller.step()  # cold start: one worker starting
+    controller.wake()  # a request per image must not cost a round per image
+    assert not controller._wake.is_set()

@@ -205,7 +205,7 @@ def test_invalid_configs_say_what_is_wrong(kwargs: dict[str, float], message: st
 def test_defaults_come_from_settings() -> None:
     settings = load_settings(batch_size=8, max_workers=3, downscale_delay_s=20.0)
     config = PolicyConfig.from_settings(settings)
-    assert config.target_backlog_per_worker == 32  # 4 x batch size
+    assert config.target_backlog_per_worker == 2  # one in hand, one next
     assert (config.min_workers, config.max_workers) == (0, 3)
     assert config.downscale_delay_s == 20.0
-    assert PolicyConfig().target_backlog_per_worker == 64
+    assert PolicyConfig().target_backlog_per_worker == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import replace
@@ -26,7 +27,6 @@ TINY = SimParams(
     per_batch_s=0.0,
     per_image_s=5.0,
     batch_size=1,
-    max_batch_delay_s=0.0,
     max_workers=4,
     downscale_delay_s=0.0,
     idle_timeout_s=100.0,
@@ -97,7 +97,8 @@ def test_seed_elastic_uses_one_instance_per_image_up_to_19() -> None:
 def test_more_workers_are_never_slower(preset: object, images: int) -> None:
     base = replace(preset(), images=images)  # type: ignore[operator]
     walls = [simulate_mode(replace(base, max_workers=n), "elastic").wall_s for n in (1, 2, 4, 8)]
-    assert walls == sorted(walls, reverse=True)
+    # Past the cores they share, more workers finish no sooner: equal up to float rounding.
+    assert all(later <= earlier + 1e-9 for earlier, later in itertools.pairwise(walls)), walls
 
 
 def test_local_preset_elastic_beats_fixed_on_big_jobs_and_ends_at_zero() -> None:

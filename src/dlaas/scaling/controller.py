@@ -242,8 +242,14 @@ class Controller:
         log.info("controller_stopped")
 
     def wake(self) -> None:
-        """Run the next round now, e.g. right after a job is enqueued on an idle service."""
-        self._wake.set()
+        """Run the next round now if the fleet is meant to be empty: a job on an idle service.
+
+        With workers up, the regular round is soon enough, and a round per request would
+        cost the web process a queue read and a launcher refresh for every image.
+        """
+        last = self._last
+        if last is None or last.desired == 0:
+            self._wake.set()
 
     def _sleep_until(self, deadline: float, stop: threading.Event) -> None:
         # Two events cannot be awaited together; short slices keep stop and wake prompt.

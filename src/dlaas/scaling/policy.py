@@ -15,12 +15,12 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from dlaas.defaults import TARGET_BACKLOG_PER_WORKER
 from dlaas.errors import ConfigError
 
 if TYPE_CHECKING:
     from dlaas.settings import Settings
 
-DEFAULT_BATCH_SIZE = 16
 DEFAULT_UPSCALE_DELAY_S = 0.0
 DEFAULT_DOWNSCALE_DELAY_S = 15.0
 
@@ -58,7 +58,7 @@ class Snapshot:
 class PolicyConfig:
     """How many messages one worker should own, the bounds, and the delays."""
 
-    target_backlog_per_worker: int = 4 * DEFAULT_BATCH_SIZE
+    target_backlog_per_worker: int = TARGET_BACKLOG_PER_WORKER
     min_workers: int = 0
     max_workers: int = field(default_factory=cpu_count)
     upscale_delay_s: float = DEFAULT_UPSCALE_DELAY_S

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from dlaas.defaults import BATCH_SIZE, TARGET_BACKLOG_PER_WORKER
 from dlaas.errors import ConfigError, ReceiptInvalid, ScalingError
 from dlaas.queue.base import DEFAULT_MAX_RECEIVES, Message, Queue, QueueStats
 from dlaas.scaling.controller import Controller
@@ -59,13 +60,12 @@ class SimParams:
     # Per-job time outside the workers (upload, enqueue, the result's way back): it is
     # added to the wall time and matters only for small jobs.
     latency_s: float = 0.0
-    batch_size: int = 16
-    max_batch_delay_s: float = 0.01  # a batch short of full waits this long to fill
+    batch_size: int = BATCH_SIZE
     idle_timeout_s: float = 30.0
     scale_interval_s: float = 1.0
     min_workers: int = 0
     max_workers: int = field(default_factory=cpu_count)
-    target_backlog_per_worker: int | None = None  # None: 4 x batch_size
+    target_backlog_per_worker: int | None = None  # None: the policy's default
     upscale_delay_s: float = 0.0
     downscale_delay_s: float = 15.0
     max_message_age_s: float | None = None
@@ -88,17 +88,14 @@ class SimParams:
             problems.append(f"cores must be above 0, got {self.cores}")
         if self.scale_interval_s <= 0:
             problems.append(f"scale interval must be above 0, got {self.scale_interval_s}")
-        times = (
-            "boot_s", "per_batch_s", "per_image_s", "latency_s", "max_batch_delay_s",
-            "idle_timeout_s",
-        )  # fmt: skip
+        times = ("boot_s", "per_batch_s", "per_image_s", "latency_s", "idle_timeout_s")
         problems += [f"{name} must be 0 or more" for name in times if getattr(self, name) < 0]
         if problems:
             raise ConfigError("invalid simulation: " + "; ".join(problems))
 
     @property
     def target(self) -> int:
-        return self.target_backlog_per_worker or 4 * self.batch_size
+        return self.target_backlog_per_worker or TARGET_BACKLOG_PER_WORKER
 
     def elastic_config(self) -> PolicyConfig:
         return PolicyConfig(
@@ -155,7 +152,6 @@ def seed_preset() -> SimParams:
         per_image_s=14.0,
         latency_s=105.0,  # per job outside the instances: uploads, controller, result polling
         batch_size=1,
-        max_batch_delay_s=0.0,
         target_backlog_per_worker=1,
         max_workers=19,
         upscale_delay_s=0.0,
@@ -544,9 +540,8 @@ class _Simulation:
                 return  # all dead-lettered
             del self.idle[worker_id]
             n = len(messages)
+            # A short batch goes at once (adaptive batching): nothing else was visible.
             work_s = p.per_batch_s + p.per_image_s * n
-            if n < p.batch_size:
-                work_s += p.max_batch_delay_s
             batch = _Batch([m.receipt for m in messages], self.vnow + work_s)
             self.busy[worker_id] = batch
             heapq.heappush(self.busy_heap, (batch.done_v, worker_id))
@@ -628,7 +623,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--per-image-s", type=float, help="cost of each image in a batch, seconds")
     add("--latency-s", type=float, help="per-job time outside the workers, seconds")
     add("--batch-size", type=int, help="most images per batch")
-    add("--max-batch-delay-s", type=float, help="wait to fill a short batch, seconds")
     add("--min-workers", type=int, help="elastic fleet: fewest workers")
     add("--max-workers", type=int, help="elastic fleet: most workers")
     add("--target-backlog-per-worker", type=int, help="messages per worker (default 4 x batch)")

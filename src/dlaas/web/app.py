@@ -31,6 +31,7 @@ from dlaas.settings import Settings
 from dlaas.storage.base import Storage
 from dlaas.web.ingest import JobService, PendingJob
 from dlaas.web.metrics import Metrics
+from dlaas.web.multipart import parse_form, read_body, single_file
 from dlaas.web.replies import ReplyHub
 
 log = logging.getLogger("dlaas.web")
@@ -147,8 +148,7 @@ def create_app(
                 f"the limit is {limit_bytes / 1e6:.1f} MB",
             )
 
-    async def form_files(request: Request, field: str, max_files: int) -> list[UploadFile]:
-        await check_backlog()
+    def require_multipart(request: Request, field: str) -> str:
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise WebError(
@@ -156,36 +156,63 @@ def create_app(
                 "multipart_required",
                 f"send the image as multipart/form-data in the field {field!r}",
             )
+        return content_type
+
+    def no_files(field: str) -> WebError:
+        return WebError(
+            400, "no_files", f"no file in the multipart field {field!r}; send the image there"
+        )
+
+    def too_large(filename: str | None) -> WebError:
+        return WebError(
+            413,
+            "file_too_large",
+            f"{filename!r} is over the {settings.max_upload_mb:g} MB limit "
+            "(raise it with --max-upload-mb)",
+        )
+
+    async def form_files(request: Request, field: str, max_files: int) -> list[UploadFile]:
+        await check_backlog()
+        require_multipart(request, field)
         try:
             form = await request.form(max_files=max_files, max_fields=100)
         except StarletteHTTPException as exc:
             raise WebError(400, "bad_multipart", str(exc.detail)) from None
         files = [v for v in form.getlist(field) if isinstance(v, UploadFile)]
         if not files:
-            raise WebError(
-                400, "no_files", f"no file in the multipart field {field!r}; send the image there"
-            )
+            raise no_files(field)
         return files
 
     async def read_upload(upload: UploadFile) -> bytes:
         data = await upload.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
-            raise WebError(
-                413,
-                "file_too_large",
-                f"{upload.filename!r} is over the {settings.max_upload_mb:g} MB limit "
-                "(raise it with --max-upload-mb)",
-            )
+            raise too_large(upload.filename)
         return data
 
-    async def classify_one(request: Request, field: str, timeout_s: float) -> dict[str, Any]:
-        check_length(request, settings.max_upload_bytes + 1024 * 1024)
+    async def one_file(request: Request, field: str) -> tuple[str, bytes]:
+        """The single uploaded image: sliced out of a simple body, else fully parsed."""
+        limit = settings.max_upload_bytes + 1024 * 1024
+        check_length(request, limit)
+        await check_backlog()
+        content_type = require_multipart(request, field)
+        body = await read_body(request, limit)
+        simple = single_file(body, content_type, field)
+        if simple is not None:
+            filename, data = simple
+            if len(data) > settings.max_upload_bytes:
+                raise too_large(filename)
+            return filename or "upload", data
+        form = await parse_form(request.headers, body, max_files=1)
         try:
-            upload = (await form_files(request, field, max_files=1))[0]
-            data = await read_upload(upload)
-            filename = upload.filename or "upload"
+            uploads = [v for v in form.getlist(field) if isinstance(v, UploadFile)]
+            if not uploads:
+                raise no_files(field)
+            return uploads[0].filename or "upload", await read_upload(uploads[0])
         finally:
-            await request.close()  # removes the spooled upload file
+            await form.close()
+
+    async def classify_one(request: Request, field: str, timeout_s: float) -> dict[str, Any]:
+        filename, data = await one_file(request, field)
         job = PendingJob()
         image_id = protocol.new_id()
         future = hub.expect(image_id)
@@ -206,7 +233,10 @@ def create_app(
                 f"GET /v1/jobs/{job.job_id} for it",
                 extra={"job_id": job.job_id, "image_id": image_id},
             ) from None
-        result = await run_in_threadpool(service.result, reply.job_id, reply.image_id)
+        if reply.result is not None:  # the worker sent it inline: no storage read
+            result = dict(reply.result)
+        else:
+            result = await run_in_threadpool(service.result, reply.job_id, reply.image_id)
         result["filename"] = job.images[0]["filename"]
         return result
 
@@ -315,13 +345,13 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.post("/v1/classify", tags=["classify"])
+    @app.post("/v1/classify", tags=["classify"], response_class=JSONResponse)
     async def classify(
         request: Request,
         timeout_s: float = Query(settings.classify_timeout_s, gt=0, le=3600),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """Classify one image (multipart field ``file``) and wait for its top-5."""
-        return await classify_one(request, "file", timeout_s)
+        return JSONResponse(await classify_one(request, "file", timeout_s))
 
     @app.post("/", response_class=PlainTextResponse, tags=["classify"])
     async def classify_compat(request: Request) -> PlainTextResponse:
@@ -430,7 +460,7 @@ def _submit_one(
     try:
         service.add(job, filename, data, image_id=image_id)
         # The caller gets the result in the response; the manifest waits for a timeout.
-        service.commit(job, reply_to, manifest=False)
+        service.commit(job, reply_to, manifest=False, inline_result=True)
     except BaseException:
         service.abort(job)
         raise

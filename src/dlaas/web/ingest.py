@@ -87,6 +87,7 @@ class JobService:
         *,
         progress: bool = False,
         manifest: bool = True,
+        inline_result: bool = False,
     ) -> dict[str, Any]:
         """Write the manifest and enqueue every image in one batch.
 
@@ -94,6 +95,7 @@ class JobService:
         a synchronous request has no use for it). ``manifest=False`` leaves the manifest
         to ``write_manifest``: a synchronous call answers with the result itself, and
         writes the manifest only if it has to send its caller to ``GET /v1/jobs/<id>``.
+        ``inline_result`` has the worker send the result inside the reply, for the same reason.
         """
         if not job.images:
             raise WebError(400, "no_files", "the upload holds no files; send one or more images")
@@ -107,6 +109,7 @@ class JobService:
                 reply_to=reply_to,
                 enqueued_at=now,
                 progress=progress,
+                inline_result=inline_result,
             ).to_json()
             for image in job.images
         ]

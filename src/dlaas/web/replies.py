@@ -6,14 +6,19 @@ queue and wakes whoever waits in the event loop: a synchronous request's future 
 job's event-stream subscribers. Several web processes can share a store and queue
 because each reads only its own replies; any of them can serve ``GET`` from storage.
 
+A synchronous call asks for its result inside the reply, so no result file is written
+or read. Such a reply that finds nobody waiting (the call timed out and told its client
+to poll) is stored as a file before its message is deleted, so it is never lost.
+
 Reply queues of web processes that died are removed by the next one to start: each
 hub refreshes ``replies/<name>.json`` and a record older than ``stale_after_s`` marks
-its queue as abandoned.
+its queue as abandoned. Results still inside such a queue are stored first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -22,12 +27,13 @@ from collections.abc import Callable
 
 from dlaas import protocol
 from dlaas.errors import DlaasError
-from dlaas.queue.base import Queue
+from dlaas.queue.base import Message, Queue
 from dlaas.storage.base import Storage
 
 log = logging.getLogger("dlaas.web")
 
 REPLY_PREFIX = "dlaas-replies-"
+HANDOVER_TIMEOUT_S = 10.0  # the event loop is stuck if it takes longer to dispatch
 
 
 class ReplyHub:
@@ -72,6 +78,7 @@ class ReplyHub:
         if self._thread is not None:
             self._thread.join(timeout=self.wait_time_s + 5)
         try:
+            self._salvage(self.queue)
             self.queue.destroy()
             # Mark the record stale rather than delete it: workers finishing their last
             # batch may still reply here, and the next web process to start then removes
@@ -106,7 +113,9 @@ class ReplyHub:
             if not subs:
                 del self._subscribers[job_id]
 
-    def _dispatch(self, replies: list[protocol.Reply]) -> None:
+    def _dispatch(self, replies: list[protocol.Reply]) -> list[protocol.Reply]:
+        """Wake the waiters; return the replies carrying a result that nobody took."""
+        unclaimed = []
         for reply in replies:
             if self.on_reply is not None:
                 self.on_reply(reply)
@@ -114,8 +123,11 @@ class ReplyHub:
                 future = self._waiters.pop(reply.image_id, None)
                 if future is not None and not future.done():
                     future.set_result(reply)
+                elif reply.result is not None:
+                    unclaimed.append(reply)
             for inbox in self._subscribers.get(reply.job_id, ()):
                 inbox.put_nowait(reply)
+        return unclaimed
 
     # Reader thread -----------------------------------------------------------
 
@@ -131,22 +143,71 @@ class ReplyHub:
                 self._stop.wait(1.0)
                 continue
             if messages:
-                replies = []
-                for message in messages:
-                    try:
-                        replies.append(protocol.Reply.from_json(message.body))
-                    except (ValueError, KeyError) as exc:
-                        log.warning("malformed_reply", extra={"error": str(exc)})
-                if replies and self._loop is not None and not self._loop.is_closed():
-                    self._loop.call_soon_threadsafe(self._dispatch, replies)
-                    self.delivered += len(replies)
-                try:
-                    self.queue.delete_batch([m.receipt for m in messages])
-                except DlaasError as exc:
-                    log.warning("reply_delete_failed", extra={"error": str(exc)})
+                self._handle(messages)
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + self.refresh_s
                 self._register()
+
+    def _handle(self, messages: list[Message]) -> None:
+        """Dispatch, store the results nobody took, then delete what is safe to delete."""
+        replies: dict[str, protocol.Reply] = {}  # receipt -> reply
+        for message in messages:
+            try:
+                replies[message.receipt] = protocol.Reply.from_json(message.body)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("malformed_reply", extra={"error": str(exc)})
+        unclaimed = self._hand_over(list(replies.values())) if replies else []
+        self.delivered += len(replies)
+        unsafe = {id(r) for r in unclaimed if not self._store(r)}
+        keep = {receipt for receipt, r in replies.items() if id(r) in unsafe}
+        try:
+            self.queue.delete_batch([m.receipt for m in messages if m.receipt not in keep])
+        except DlaasError as exc:
+            log.warning("reply_delete_failed", extra={"error": str(exc)})
+
+    def _hand_over(self, replies: list[protocol.Reply]) -> list[protocol.Reply]:
+        """Run ``_dispatch`` on the event loop and wait for it, to learn what was unclaimed."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return [r for r in replies if r.result is not None]
+        handed: concurrent.futures.Future[list[protocol.Reply]] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                handed.set_result(self._dispatch(replies))
+            except BaseException as exc:  # pragma: no cover - a bug in a hook
+                handed.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(run)
+            return handed.result(timeout=HANDOVER_TIMEOUT_S)
+        except (RuntimeError, concurrent.futures.TimeoutError):
+            # The loop is closing or stuck: keep every result, a duplicate write is harmless.
+            return [r for r in replies if r.result is not None]
+
+    def _store(self, reply: protocol.Reply) -> bool:
+        """Store an inline result as its file; False if storage refused (try again later)."""
+        try:
+            self.storage.put_json(reply.result_key, reply.result)
+        except DlaasError as exc:
+            log.warning("reply_store_failed", extra={"image_id": reply.image_id, "error": str(exc)})
+            return False
+        return True
+
+    def _salvage(self, queue: Queue) -> None:
+        """Store the inline results still in ``queue`` before it is destroyed."""
+        for _ in range(1000):  # bounded: a queue someone keeps filling is not ours to drain
+            messages = queue.receive(max_messages=100, wait_time_s=0, visibility_timeout_s=30)
+            if not messages:
+                return
+            for message in messages:
+                try:
+                    reply = protocol.Reply.from_json(message.body)
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if reply.result is not None:
+                    self._store(reply)
+            queue.delete_batch([m.receipt for m in messages])
 
     # Stale reply queues ------------------------------------------------------
 
@@ -176,7 +237,12 @@ class ReplyHub:
                 name = str(record["queue"])
                 if not name.startswith(REPLY_PREFIX) or name == self.name:
                     continue
-                self.input_queue.sibling(name).destroy()
+                stale = self.input_queue.sibling(name)
+                try:
+                    self._salvage(stale)
+                    stale.destroy()
+                finally:
+                    stale.close()
                 self.storage.delete(key)
                 log.info("stale_reply_queue_removed", extra={"reply_queue": name})
             except (DlaasError, KeyError, ValueError, TypeError):

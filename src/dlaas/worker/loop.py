@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dlaas import protocol
+from dlaas.defaults import BATCH_SIZE
 from dlaas.errors import DlaasError, ImageError, ObjectNotFound, QueueError, StorageError
 from dlaas.queue.base import Message, Queue
 from dlaas.storage.base import Storage
@@ -48,6 +49,7 @@ class _Item:
     error: str | None = None
     retry: bool = False  # a transient failure: leave the message for redelivery
     predictions: list[dict[str, Any]] | None = None
+    record: dict[str, Any] | None = None  # the result record, once built
     received_at: float = field(default_factory=time.time)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -62,7 +64,7 @@ class Worker:
         queue: Queue,
         classifier: SupportsClassify,
         worker_id: str,
-        batch_size: int = 16,
+        batch_size: int = BATCH_SIZE,
         max_batch_delay_ms: float = 10.0,
         idle_timeout_s: float = 30.0,
         visibility_timeout_s: float = 30.0,
@@ -135,22 +137,24 @@ class Worker:
     # Receiving ---------------------------------------------------------------
 
     def _receive_batch(self) -> list[Message]:
-        """Wait for one message, then give the batch ``max_batch_delay_ms`` to fill."""
+        """Wait for one message, then top the batch up only while more is arriving.
+
+        Adaptive batching, as BentoML and Triton do it: when the queue holds nothing more,
+        the batch goes at once, so a lone request never waits for company that is not
+        coming. ``max_batch_delay_ms`` bounds the topping-up.
+        """
         batch = self.queue.receive(
             max_messages=self.batch_size,
             wait_time_s=self.receive_wait_s,
             visibility_timeout_s=self.visibility_timeout_s,
         )
-        if not batch:
-            return batch
         deadline = time.monotonic() + self.max_batch_delay_s
-        while len(batch) < self.batch_size and not self._stop.is_set():
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
+        while batch and len(batch) < self.batch_size and not self._stop.is_set():
+            if time.monotonic() >= deadline:
                 break
             more = self.queue.receive(
                 max_messages=self.batch_size - len(batch),
-                wait_time_s=remaining_s,
+                wait_time_s=0,
                 visibility_timeout_s=self.visibility_timeout_s,
             )
             if not more:
@@ -194,8 +198,8 @@ class Worker:
                 self._notify_started(items)
                 self._fetch_and_decode(items)
                 infer_ms = self._infer(items)
-                done = self._store_results(items, infer_ms)
-                self._notify(done, infer_ms)
+                done = self._store_results(items)
+                done = self._notify(done, infer_ms)
             self.queue.delete_batch([i.message.receipt for i in done])
         finally:
             if self.on_busy:
@@ -270,13 +274,17 @@ class Worker:
             item.predictions = [p.to_dict() for p in preds]
         return infer_ms
 
-    def _store_results(self, items: list[_Item], infer_ms: float) -> list[_Item]:
+    def _store_results(self, items: list[_Item]) -> list[_Item]:
+        """Build every record and store those that travel by file; return the items done.
+
+        A task that asked for ``inline_result`` gets its record in the reply instead.
+        """
         done: list[_Item] = []
         for item in items:
             if item.retry:
                 continue
             task = item.task
-            record = protocol.result_record(
+            item.record = protocol.result_record(
                 job_id=task.job_id,
                 image_id=task.image_id,
                 status="failed" if item.error else "done",
@@ -288,13 +296,7 @@ class Worker:
                 enqueued_at=task.enqueued_at,
                 received_at=item.received_at,
             )
-            try:
-                self.storage.put_json(protocol.result_key(task.job_id, task.image_id), record)
-            except StorageError as exc:
-                log.warning(
-                    "result_write_failed",
-                    extra={"job_id": task.job_id, "image_id": task.image_id, "error": str(exc)},
-                )
+            if not _inline(item) and not self._put_record(item):
                 continue
             log.info(
                 "image_done" if not item.error else "image_failed",
@@ -308,27 +310,50 @@ class Worker:
             done.append(item)
         return done
 
+    def _put_record(self, item: _Item) -> bool:
+        task = item.task
+        try:
+            self.storage.put_json(protocol.result_key(task.job_id, task.image_id), item.record)
+        except StorageError as exc:
+            log.warning(
+                "result_write_failed",
+                extra={"job_id": task.job_id, "image_id": task.image_id, "error": str(exc)},
+            )
+            return False
+        return True
+
     def _notify_started(self, items: list[_Item]) -> None:
         watched = [i for i in items if i.task.progress]
         if watched:
             self._send_replies(watched, lambda _item: "classifying")
 
-    def _notify(self, done: list[_Item], infer_ms: float) -> None:
+    def _notify(self, done: list[_Item], infer_ms: float) -> list[_Item]:
+        """Send the final replies; return the items whose result is safe (replied or stored).
+
+        An inline result whose reply could not be sent is stored as a file instead, and a
+        message whose result went nowhere stays undeleted, to be delivered again.
+        """
         inferred = [i for i in done if i.predictions is not None]
         batch = {"size": float(len(inferred)), "infer_ms": round(infer_ms, 3)}
         carrier = next((i for i in inferred if i.task.reply_to), None)
-        self._send_replies(
+        failed_queues = self._send_replies(
             done,
             lambda item: "failed" if item.error else "done",
             batch_of=lambda item: batch if item is carrier else None,
         )
+        return [
+            item
+            for item in done
+            if not (_inline(item) and item.task.reply_to in failed_queues) or self._put_record(item)
+        ]
 
     def _send_replies(
         self,
         items: list[_Item],
         status_of: Callable[[_Item], protocol.ReplyStatus],
         batch_of: Callable[[_Item], dict[str, float] | None] = lambda _item: None,
-    ) -> None:
+    ) -> set[str]:
+        """Send one batch per reply queue; return the names of the queues that failed."""
         by_queue: dict[str, list[str]] = {}
         for item in items:
             if item.task.reply_to:
@@ -343,19 +368,28 @@ class Worker:
                     enqueued_at=item.task.enqueued_at if final else None,
                     completed_at=time.time() if final else None,
                     batch=batch_of(item),
+                    result=item.record if final and _inline(item) else None,
                 )
                 by_queue.setdefault(item.task.reply_to, []).append(reply.to_json())
+        failed: set[str] = set()
         for name, bodies in by_queue.items():
             try:
                 self._reply_queue(name).send_batch(bodies)
             except QueueError as exc:
-                # The result is stored; a reader polling storage still sees it.
+                # A stored result is still seen by a reader polling storage.
                 log.warning("reply_failed", extra={"reply_to": name, "error": str(exc)})
+                failed.add(name)
+        return failed
 
     def _reply_queue(self, name: str) -> Queue:
         if name not in self._reply_queues:
             self._reply_queues[name] = self.queue.sibling(name)
         return self._reply_queues[name]
+
+
+def _inline(item: _Item) -> bool:
+    """Whether the result travels in the reply rather than as a file."""
+    return item.task.inline_result and item.task.reply_to is not None
 
 
 def default_worker_id() -> str:

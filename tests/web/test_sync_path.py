@@ -1,0 +1,135 @@
+"""The synchronous path: one-file bodies sliced fast, results inline, nothing lost on timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from dlaas import protocol
+from dlaas.model import ModelSpec
+from dlaas.queue import open_queue
+from dlaas.storage import open_storage
+from dlaas.web.multipart import single_file
+from dlaas.web.replies import REPLY_PREFIX, ReplyHub
+from tests.web.test_app import Service
+
+CT = "multipart/form-data; boundary=XyZ"
+ONE = (
+    b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+    b"Content-Type: image/jpeg\r\n\r\nDATA\r\n--XyZ--\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        (ONE, CT, ("a.jpg", b"DATA")),
+        (ONE, 'multipart/form-data; boundary="XyZ"', ("a.jpg", b"DATA")),
+        (ONE.replace(b"--XyZ--\r\n", b"--XyZ--"), CT, ("a.jpg", b"DATA")),  # no final CRLF
+        (ONE.replace(b"DATA", b"DA\r\n--XyZTA"), CT, None),  # the delimiter inside: bad body
+        (b"preamble\r\n" + ONE, CT, None),
+        (ONE.replace(b'name="file"', b'name="other"'), CT, None),
+        (ONE.replace(b'; filename="a.jpg"', b""), CT, None),  # a field, not a file
+        (ONE.replace(b'filename="a.jpg"', b"filename*=UTF-8''a.jpg"), CT, None),
+        (ONE.replace(b"--XyZ--\r\n", b"--XyZ\r\n") + ONE[7:], CT, None),  # a second part
+        (ONE + b"trailing", CT, None),
+        (ONE.replace(b"Content-Type", b"X-Odd"), CT, None),
+        (ONE, "multipart/form-data", None),  # no boundary
+        (ONE[:40], CT, None),  # truncated headers
+        (ONE[:-12], CT, None),  # no closing delimiter
+    ],
+)
+def test_single_file_takes_only_the_simple_shape(
+    body: bytes, content_type: str, expected: tuple[str, bytes] | None
+) -> None:
+    assert single_file(body, content_type, "file") == expected
+
+
+def test_classify_answers_from_the_reply_and_stores_no_result(
+    tiny_spec: ModelSpec, small_jpeg: bytes
+) -> None:
+    svc = Service(tiny_spec)
+    try:
+        with TestClient(svc.app) as client:
+            response = client.post("/v1/classify", files={"file": ("a.jpg", small_jpeg)})
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["status"] == "done" and len(body["predictions"]) == 5
+            assert body["filename"] == "a.jpg"
+        assert svc.storage.list("results/") == []  # the result travelled in the reply
+    finally:
+        svc.close()
+
+
+def test_bodies_off_the_fast_path_still_classify(tiny_spec: ModelSpec, small_jpeg: bytes) -> None:
+    svc = Service(tiny_spec)
+    try:
+        with TestClient(svc.app) as client:
+            extra_field = client.post(
+                "/v1/classify", data={"note": "hi"}, files={"file": ("a.jpg", small_jpeg)}
+            )
+            assert extra_field.status_code == 200, extra_field.text
+            two = client.post(
+                "/v1/classify", files=[("file", ("a.jpg", small_jpeg)), ("file", ("b.jpg", b"x"))]
+            )
+            assert two.status_code == 400 and two.json()["error"] == "bad_multipart"
+            broken = client.post(
+                "/v1/classify", content=b"--XyZ\r\nnonsense", headers={"content-type": CT}
+            )
+            assert broken.status_code == 400, broken.text
+    finally:
+        svc.close()
+
+
+def test_a_result_that_comes_after_the_timeout_is_stored_for_polling(
+    tiny_spec: ModelSpec, small_jpeg: bytes
+) -> None:
+    svc = Service(tiny_spec, with_worker=False)
+    try:
+        with TestClient(svc.app) as client:
+            response = client.post(
+                "/v1/classify?timeout_s=0.2", files={"file": ("a.jpg", small_jpeg)}
+            )
+            assert response.status_code == 504
+            job_id = response.json()["job_id"]
+            svc.thread.start()  # the worker comes late; its reply finds nobody waiting
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                job = client.get(f"/v1/jobs/{job_id}").json()
+                if job["counts"]["done"] == 1:
+                    break
+                time.sleep(0.05)
+            assert job["counts"]["done"] == 1, job
+            assert job["results"][0]["predictions"]
+    finally:
+        svc.close()
+
+
+def test_results_left_in_a_dead_web_process_queue_are_stored() -> None:
+    name = uuid.uuid4().hex[:8]
+    storage = open_storage(f"memory://{name}")
+    queue = open_queue(f"memory://{name}", name="input")
+    dead = REPLY_PREFIX + "dead0000"
+    record = {"job_id": "j" * 32, "image_id": "i" * 32, "status": "done", "predictions": []}
+    reply = protocol.Reply(
+        job_id="j" * 32,
+        image_id="i" * 32,
+        status="done",
+        result_key=protocol.result_key("j" * 32, "i" * 32),
+        result=record,
+    )
+    queue.sibling(dead).send(reply.to_json())
+    storage.put_json(f"replies/{dead}.json", {"queue": dead, "updated_at": 0.0})
+    hub = ReplyHub(queue, storage)
+    loop = asyncio.new_event_loop()
+    try:
+        hub.start(loop)
+        assert storage.get_json(reply.result_key) == record
+        assert queue.sibling(dead).stats().visible == 0
+    finally:
+        hub.stop()
+        loop.close()
