@@ -209,3 +209,17 @@ def test_defaults_come_from_settings() -> None:
     assert (config.min_workers, config.max_workers) == (0, 3)
     assert config.downscale_delay_s == 20.0
     assert PolicyConfig().target_backlog_per_worker == 2
+
+
+@pytest.mark.parametrize(
+    ("clients", "expected"),
+    [(1, 1), (2, 1), (3, 2), (4, 2), (16, 2), (64, 2)],
+)
+def test_default_target_keeps_every_core_busy_under_one_image_clients(
+    clients: int, expected: int
+) -> None:
+    """N clients each waiting on one image hold N messages: 3 or more fill two cores."""
+    config = PolicyConfig(max_workers=2)  # the defaults of `dlaas serve` on 2 CPUs
+    half = clients // 2
+    desired, _ = decide(snap(clients - half, half, running=1), config, PolicyState())
+    assert desired == expected
