@@ -81,15 +81,43 @@ def single_file(body: bytes, content_type: str, field: str) -> tuple[str, bytes]
 async def parse_form(headers: Headers, body: bytes, max_files: int) -> FormData:
     """Starlette's parser over a body already in memory; 400 when it is not valid.
 
-    The caller closes the form (``await form.close()``) to free its spooled files.
+    A body must end with its closing delimiter: the parser accepts a truncated one
+    silently and leaves the unfinished part's spooled file open. The caller closes the
+    form (``await form.close()``) to free the spooled files of the parts it returns.
     """
+    match = _BOUNDARY.search(headers.get("content-type", ""))
+    closing = b"--" + (match.group(1) or match.group(2)).encode("latin-1") + b"--" if match else b""
+    trimmed = body.rstrip(b"\r\n \t")
+    if not closing or not (trimmed == closing or trimmed.endswith(b"\r\n" + closing)):
+        raise WebError(
+            400,
+            "bad_multipart",
+            "the multipart body is incomplete: it must name a boundary and end with "
+            "--BOUNDARY--; send the whole request again",
+        )
 
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
         yield b""
 
-    parser = MultiPartParser(headers, stream(), max_files=max_files, max_fields=100)
+    parser = _ClosingParser(headers, stream(), max_files=max_files, max_fields=100)
     try:
         return await parser.parse()
     except MultiPartException as exc:
         raise WebError(400, "bad_multipart", exc.message) from None
+
+
+class _ClosingParser(MultiPartParser):
+    """Starlette's parser, closing the spooled file of any part it started but never ended.
+
+    python-multipart is lenient with a part whose closing delimiter is damaged: it ends
+    without an error, and the file it had opened for that part would stay open.
+    """
+
+    async def parse(self) -> FormData:
+        form = await super().parse()
+        returned = {id(value.file) for _, value in form.multi_items() if hasattr(value, "file")}
+        for spooled in getattr(self, "_files_to_close_on_error", ()):
+            if id(spooled) not in returned:
+                spooled.close()
+        return form
