@@ -76,3 +76,13 @@ def test_cli_prints_one_line_and_exits_2_on_bad_settings(
     assert err.count("\n") == 0
     assert err.startswith("dlaas: error: invalid settings: ")
     assert "sqs://" in err
+
+
+def test_to_env_renders_the_dlaas_twins_of_set_fields_only() -> None:
+    s = load_settings(batch_size=4, idle_timeout_s=7.5)
+    env = s.to_env(["batch_size", "idle_timeout_s", "worker_id", "queue_name"])
+    assert env == {
+        "DLAAS_BATCH_SIZE": "4",
+        "DLAAS_IDLE_TIMEOUT_S": "7.5",
+        "DLAAS_QUEUE_NAME": "dlaas-input",
+    }  # worker_id is unset, so it does not travel

@@ -14,41 +14,7 @@ from typing import Any
 
 from dlaas import __version__
 from dlaas.errors import DlaasError
-from dlaas.settings import Settings, load_settings
-
-COMMON = (
-    "data_dir", "storage", "queue", "queue_name", "s3_endpoint_url", "s3_addressing_style",
-    "sqs_endpoint_url", "aws_region", "log_level",
-)  # fmt: skip
-MODEL = (
-    "model_dir", "model", "labels", "input_size", "resize_size", "mean", "std", "layout",
-)  # fmt: skip
-WORKER = (
-    "batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
-    "max_receives", "intra_op_threads", "worker_id", "parent_pid",
-)  # fmt: skip
-WEB = (
-    "host", "port", "max_upload_mb", "max_pixels", "max_files_per_job", "max_backlog",
-    "classify_timeout_s",
-)  # fmt: skip
-SCALING = (
-    "workers", "min_workers", "max_workers", "target_backlog_per_worker", "upscale_delay_s",
-    "downscale_delay_s", "max_message_age_s", "scale_interval_s", "launcher",
-)  # fmt: skip
-
-AWS = (
-    "cluster_name", "asg_name", "ec2_launch_template", "ec2_image_id", "ec2_instance_type",
-    "ec2_subnet_id", "ec2_security_group_ids", "ec2_instance_profile", "worker_package",
-)  # fmt: skip
-
-GROUPS = {
-    "storage and queue": COMMON,
-    "model": MODEL,
-    "worker": WORKER,
-    "web": WEB,
-    "scaling": SCALING,
-    "AWS launchers": AWS,
-}
+from dlaas.settings import GROUPS, Settings, load_settings
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, groups: Sequence[str]) -> None:

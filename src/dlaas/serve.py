@@ -9,10 +9,9 @@ import sys
 import threading
 from typing import Any
 
-from dlaas.cli import COMMON, MODEL, WORKER
 from dlaas.components import model_spec_from, open_queue_from, open_storage_from
 from dlaas.errors import ConfigError
-from dlaas.settings import Settings
+from dlaas.settings import COMMON, MODEL, REMOTE_WORKER, WORKER, Settings
 
 log = logging.getLogger("dlaas.serve")
 
@@ -26,10 +25,7 @@ def worker_env(settings: Settings, *, fixed: bool) -> dict[str, str]:
     same variables behaves exactly like one started by ``serve``.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("DLAAS_")}
-    for name in (*COMMON, *MODEL, *WORKER):
-        value = getattr(settings, name)
-        if value is not None and name != "worker_id":
-            env[f"DLAAS_{name.upper()}"] = str(value)
+    env.update(settings.to_env(n for n in (*COMMON, *MODEL, *WORKER) if n != "worker_id"))
     # A local worker must not outlive `dlaas serve`, even one killed with SIGKILL. Its
     # parent may be the fork server, which lives as long as any worker does, so the
     # worker watches this process, not its parent.
@@ -116,11 +112,7 @@ def build_launcher(settings: Settings, storage: Any, *, fixed: bool) -> Any:
 
 def worker_settings_env(settings: Settings) -> dict[str, str]:
     """The worker tuning a remote worker should share with this controller."""
-    names = (
-        "queue_name", "batch_size", "max_batch_delay_ms", "idle_timeout_s",
-        "visibility_timeout_s", "max_receives", "intra_op_threads",
-    )  # fmt: skip
-    return {f"DLAAS_{name.upper()}": str(getattr(settings, name)) for name in names}
+    return settings.to_env(REMOTE_WORKER)
 
 
 def run_serve(settings: Settings) -> int:

@@ -8,6 +8,7 @@ built once at start-up and passed down; nothing else reads ``os.environ``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -17,6 +18,49 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dlaas.defaults import BATCH_SIZE, TARGET_BACKLOG_PER_WORKER
 from dlaas.errors import ConfigError
+
+COMMON = (
+    "data_dir", "storage", "queue", "queue_name", "s3_endpoint_url", "s3_addressing_style",
+    "sqs_endpoint_url", "aws_region", "log_level",
+)  # fmt: skip
+MODEL = (
+    "model_dir", "model", "labels", "input_size", "resize_size", "mean", "std", "layout",
+)  # fmt: skip
+WORKER = (
+    "batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
+    "max_receives", "intra_op_threads", "worker_id", "parent_pid",
+)  # fmt: skip
+WEB = (
+    "host", "port", "max_upload_mb", "max_pixels", "max_files_per_job", "max_backlog",
+    "classify_timeout_s",
+)  # fmt: skip
+SCALING = (
+    "workers", "min_workers", "max_workers", "target_backlog_per_worker", "upscale_delay_s",
+    "downscale_delay_s", "max_message_age_s", "scale_interval_s", "launcher",
+)  # fmt: skip
+
+AWS = (
+    "cluster_name", "asg_name", "ec2_launch_template", "ec2_image_id", "ec2_instance_type",
+    "ec2_subnet_id", "ec2_security_group_ids", "ec2_instance_profile", "worker_package",
+)  # fmt: skip
+
+# What each command shows in --help, and what travels to a worker as DLAAS_* variables.
+GROUPS = {
+    "storage and queue": COMMON,
+    "model": MODEL,
+    "worker": WORKER,
+    "web": WEB,
+    "scaling": SCALING,
+    "AWS launchers": AWS,
+}
+
+
+# The tuning a worker on another machine shares with the controller that starts it.
+REMOTE_WORKER = (
+    "queue_name", "batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
+    "max_receives", "intra_op_threads",
+)  # fmt: skip
+
 
 STORAGE_SCHEMES = ("file", "memory", "s3")
 QUEUE_SCHEMES = ("sqlite", "memory", "sqs", "https")
@@ -227,6 +271,16 @@ class Settings(BaseSettings):
     @property
     def backlog_target(self) -> int:
         return self.target_backlog_per_worker
+
+    def to_env(self, fields: Iterable[str]) -> dict[str, str]:
+        """``fields`` as their ``DLAAS_*`` twins, unset ones left out: how settings travel to
+        a worker process or instance, so that it reads exactly what this process read."""
+        env = {}
+        for name in fields:
+            value = getattr(self, name)
+            if value is not None:
+                env[f"DLAAS_{name.upper()}"] = str(value)
+        return env
 
     def storage_options(self) -> dict[str, Any]:
         if urlparse(self.storage_url).scheme != "s3":
