@@ -128,7 +128,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_serve(settings)
     if args.command == "worker":
-        from dlaas.worker import run_worker
+        from dlaas.worker.entry import run as run_worker
 
         return run_worker(settings)
     if args.command == "controller":

@@ -15,6 +15,10 @@ from typing import Any, Literal
 
 ResultStatus = Literal["done", "failed"]
 ReplyStatus = Literal["classifying", "done", "failed"]
+WorkerHealth = Literal["starting", "idle", "busy", "stopped"]
+"""``state`` in a worker's record at ``worker_key``. A worker asked to drain keeps
+reporting ``idle`` or ``busy`` until it exits (``stopped``, with an ``exit_reason``):
+draining is what a launcher sees (``WorkerState.DRAINING``), never what a worker writes."""
 
 
 def new_id() -> str:

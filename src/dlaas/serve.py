@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
@@ -69,7 +68,6 @@ def build_launcher(settings: Settings, storage: Any, *, fixed: bool) -> Any:
         from dlaas.scaling.launchers.local import LocalLauncher, health_probe
 
         return LocalLauncher(
-            [sys.executable, "-m", "dlaas", "worker"],
             env=worker_env(settings, fixed=fixed),
             probe=health_probe(storage),
             preload=True,

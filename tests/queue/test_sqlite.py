@@ -89,7 +89,9 @@ def _stress_web_tier(queue: Queue, out: Path, stop: Event) -> None:
     try:
         while not stop.is_set():
             stats = queue.stats()
-            assert stats.visible >= 0 and stats.in_flight >= 0
+            # one snapshot: no more than was sent, no more in flight than 8 workers x 16 hold
+            assert stats.visible + stats.in_flight <= STRESS_MESSAGES
+            assert stats.in_flight <= STRESS_WORKERS * 16
             polls += 1
             batch = replies.receive(max_messages=100, wait_time_s=0.02)
             replies_seen += [m.body for m in batch]

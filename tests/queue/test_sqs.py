@@ -12,7 +12,9 @@ import pytest
 from dlaas.errors import ConfigError, QueueError
 from dlaas.queue import open_queue
 from dlaas.queue.base import Queue
-from dlaas.queue.sqs import SqsQueue, _chunks, _SendLog
+from dlaas.queue.sqs import SqsQueue
+from dlaas.queue.sqs_age import SendLog
+from dlaas.queue.sqs_api import chunks
 
 from ..aws.servers import (  # noqa: F401 - fixtures
     Endpoint,
@@ -195,10 +197,10 @@ def test_sent_at_and_receive_count_come_from_sqs(moto: Endpoint) -> None:
 
 def test_send_batch_respects_sqs_batch_limits() -> None:
     bodies = ["x" * 100_000, "y" * 100_000, "z" * 100_000, *["s"] * 12]
-    chunks = _chunks(bodies)
-    assert [b for chunk in chunks for b in chunk] == bodies
-    assert all(len(c) <= 10 for c in chunks)
-    assert all(sum(len(b) for b in c) <= 256 * 1024 for c in chunks)
+    batches = chunks(bodies)
+    assert [b for chunk in batches for b in chunk] == bodies
+    assert all(len(c) <= 10 for c in batches)
+    assert all(sum(len(b) for b in c) <= 256 * 1024 for c in batches)
 
 
 def test_refused_messages_raise(moto: Endpoint) -> None:
@@ -211,7 +213,7 @@ def test_refused_messages_raise(moto: Endpoint) -> None:
 
 
 def test_oldest_age_follows_this_process_sends() -> None:
-    log = _SendLog()
+    log = SendLog()
     log.sent(3, at=100.0)
     log.sent(2, at=110.0)
     assert log.oldest_age_s(5, now=120.0) == 20.0  # all five wait: the first send's age

@@ -9,17 +9,11 @@ from dataclasses import replace
 
 import pytest
 
-from dlaas.errors import ConfigError, ReceiptInvalid
-from dlaas.scaling.simulate import (
-    SEED_MINUTES,
-    SimParams,
-    SimQueue,
-    local_preset,
-    main,
-    seed_preset,
-    simulate,
-    simulate_mode,
-)
+from dlaas.errors import ConfigError
+from dlaas.scaling.sim.engine import simulate, simulate_mode
+from dlaas.scaling.sim.params import SimParams, local_preset, seed_preset
+from dlaas.scaling.sim.report import SEED_MINUTES
+from dlaas.scaling.simulate import main
 
 TINY = SimParams(
     images=1,
@@ -117,23 +111,6 @@ def test_invalid_parameters_are_refused() -> None:
         SimParams(batch_size=0)
     with pytest.raises(ConfigError, match="no image would ever be served"):
         simulate(replace(TINY, max_workers=0))
-
-
-def test_sim_queue_has_sqs_semantics() -> None:
-    now = [0.0]
-    queue = SimQueue(lambda: now[0], max_receives=2)
-    queue.send_batch(["a", "b"])
-    (first,) = queue.receive(1, visibility_timeout_s=10)
-    assert (queue.stats().visible, queue.stats().in_flight) == (1, 1)
-    now[0] = 11.0  # the visibility timeout passes: "a" comes back
-    assert queue.stats().visible == 2
-    with pytest.raises(ReceiptInvalid):
-        queue.change_visibility(first.receipt, 5)
-    (again,) = queue.receive(1, visibility_timeout_s=0)
-    assert (again.body, again.receive_count) == ("a", 2)
-    assert [m.body for m in queue.receive(5, visibility_timeout_s=1)] == ["b"]  # "a" is dead
-    assert queue.stats().dead_lettered == 1
-    assert queue.stats().oldest_age_s == 11.0
 
 
 def test_cli_prints_the_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,6 +20,7 @@ from dlaas.settings import load_settings
 from dlaas.storage import open_storage
 from dlaas.storage.base import Storage
 from dlaas.web import create_app
+from dlaas.web.uploads import BacklogGate
 from dlaas.worker import Worker
 from tests.web.test_validate import png_header_only
 
@@ -253,16 +254,25 @@ def test_results_are_stored_under_the_documented_layout(
 def test_backlog_over_the_limit_is_429_with_retry_after(
     tiny_spec: ModelSpec, small_jpeg: bytes
 ) -> None:
+    # Given a service whose backlog gate reads the queue depth on a hand-moved clock...
     svc = Service(tiny_spec, with_worker=False, max_backlog=2)
+    now = [100.0]
+    svc.app.state.context.uploads.backlog = BacklogGate(svc.queue, 2, clock=lambda: now[0])
     with TestClient(svc.app) as client:
         assert client.post("/v1/jobs", files=files(small_jpeg, small_jpeg)).status_code == 202
-        import time
-
-        time.sleep(1.1)  # the depth is re-read once a second
+        # ...the depth it read (0) stands for a second, though 2 images now wait...
+        now[0] += 0.5
+        assert client.post("/v1/jobs", files=files(small_jpeg)).status_code == 202
+        # ...and once it is re-read (3 waiting), uploads are refused until the queue drains.
+        now[0] += 0.5
         response = client.post("/v1/jobs", files=files(small_jpeg))
         assert response.status_code == 429
         assert response.headers["retry-after"] == "5"
-        assert response.json()["error"] == "busy"
+        assert response.json() == {
+            "error": "busy",
+            "detail": "3 images are waiting; retry in a few seconds",
+        }
+        assert svc.queue.stats().visible == 3
 
 
 def test_partial_upload_accepts_good_files_and_lists_refused(

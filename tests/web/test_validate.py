@@ -7,7 +7,7 @@ import struct
 import zlib
 
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from dlaas.errors import WebError
 from dlaas.web.validate import check_image, sniff_format
@@ -96,12 +96,40 @@ def test_oversize_is_413() -> None:
     assert "--max-upload-mb" in err.detail
 
 
+def exif_with_thumbnail(thumbnail: bytes) -> bytes:
+    """An EXIF block (little-endian TIFF) whose IFD1 carries ``thumbnail``, a whole JPEG."""
+    ifd0_at = 8
+    ifd1_at = ifd0_at + 2 + 12 + 4  # one entry (orientation), then the next-IFD offset
+    thumb_at = ifd1_at + 2 + 2 * 12 + 4
+    tiff = b"II*\x00" + struct.pack("<I", ifd0_at)
+    tiff += struct.pack("<H", 1) + struct.pack("<HHII", 0x0112, 3, 1, 1)
+    tiff += struct.pack("<I", ifd1_at)
+    tiff += struct.pack("<H", 2)
+    tiff += struct.pack("<HHII", 0x0201, 4, 1, thumb_at)  # JPEGInterchangeFormat
+    tiff += struct.pack("<HHII", 0x0202, 4, 1, len(thumbnail))  # ...Length
+    tiff += struct.pack("<I", 0)
+    return b"Exif\x00\x00" + tiff + thumbnail
+
+
 def test_jpeg_with_exif_thumbnail_is_not_mistaken_for_truncated() -> None:
+    # Given a JPEG whose EXIF carries a thumbnail, with its own scan and end markers...
     img = Image.new("RGB", (300, 200), (10, 200, 30))
     thumb = io.BytesIO()
     img.resize((60, 40)).save(thumb, format="JPEG")
-    exif = Image.Exif()
-    exif[0x0112] = 1
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", exif=exif.tobytes())
-    check_image(buf.getvalue(), "x.jpg", max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+    img.save(buf, format="JPEG", exif=exif_with_thumbnail(thumb.getvalue()))
+    whole = buf.getvalue()
+    assert thumb.getvalue() in whole
+    ifd1 = Image.open(io.BytesIO(whole)).getexif().get_ifd(ExifTags.IFD.IFD1)
+    assert ifd1[0x0202] == len(thumb.getvalue())
+
+    # ...the whole file is accepted, sized by the main image...
+    info = check_image(whole, "x.jpg", max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+    assert (info.format, info.width, info.height) == ("JPEG", 300, 200)
+
+    # ...and cut just after the main image's scan starts, the thumbnail's end marker
+    # (the only one left) does not pass for the main image's.
+    main_scan = whole.rindex(b"\xff\xda")
+    assert whole.index(b"\xff\xd9") < main_scan
+    err = refused(whole[: main_scan + 64])
+    assert (err.status_code, err.error) == (422, "truncated_image")

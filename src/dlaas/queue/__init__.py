@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -12,8 +11,10 @@ from dlaas.queue.base import (
     Message,
     Queue,
     QueueStats,
+    check_max_receives,
     check_receive_args,
     check_visibility,
+    validate_queue_name,
 )
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
 
 ACCEPTED_SCHEMES = ("memory", "sqlite", "sqs", "https")
 DEFAULT_QUEUE_NAME = "dlaas-input"
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")  # what SQS accepts, so names port to it
 
 
 def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
@@ -69,9 +69,7 @@ def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
             "the only one accepted is ?name=QUEUE"
         )
     queue_name = name or (query.get("name") or [DEFAULT_QUEUE_NAME])[0]
-    max_receives = options.pop("max_receives", DEFAULT_MAX_RECEIVES)
-    if not isinstance(max_receives, int) or max_receives < 1:
-        raise ConfigError(f"max_receives must be a whole number >= 1, not {max_receives!r}")
+    max_receives = check_max_receives(options.pop("max_receives", DEFAULT_MAX_RECEIVES))
     try:
         validate_queue_name(queue_name)
     except ValueError as exc:
@@ -94,15 +92,6 @@ def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
         return SqliteQueue(path, queue_name, max_receives=max_receives, **options)
     except QueueError as exc:
         raise ConfigError(str(exc)) from exc
-
-
-def validate_queue_name(name: str) -> str:
-    """Queue names follow SQS rules so that a setup moves to SQS unchanged."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(
-            f"queue name {name!r} is invalid; use 1-80 characters from A-Z a-z 0-9 _ -"
-        )
-    return name
 
 
 def _refuse_options(url: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:

@@ -8,13 +8,17 @@ receiver deletes it when done or it comes back. A message received more than
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dlaas.errors import ConfigError
+
 DEFAULT_MAX_RECEIVES = 5
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DLQ_SUFFIX = "-dlq"
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")  # what SQS accepts, so names port to it
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,48 @@ class Queue(ABC):
         self.purge()
 
     def dead_letter(self) -> Queue:
-        return self.sibling(self.name + DLQ_SUFFIX)
+        return self.sibling(self.dead_letter_name)
+
+    @property
+    def dead_letter_name(self) -> str:
+        """The sibling that exhausted messages move to."""
+        return self.name + DLQ_SUFFIX
+
+    @property
+    def is_dead_letter_queue(self) -> bool:
+        """Like SQS, a dead-letter queue has no dead-letter queue of its own."""
+        return is_dead_letter_name(self.name)
+
+    def should_dead_letter(self, receive_count: int) -> bool:
+        """The dead-letter rule, for a message about to be delivered again.
+
+        A message already received ``max_receives`` times moves to the dead-letter
+        queue on its next receive instead of being delivered; a DLQ keeps its messages.
+        """
+        return receive_count >= self.max_receives and not self.is_dead_letter_queue
 
     def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections; the default has none."""
+
+
+def is_dead_letter_name(name: str) -> bool:
+    return name.endswith(DLQ_SUFFIX)
+
+
+def validate_queue_name(name: str) -> str:
+    """Queue names follow SQS rules so that a setup moves to SQS unchanged."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"queue name {name!r} is invalid; use 1-80 characters from A-Z a-z 0-9 _ -"
+        )
+    return name
+
+
+def check_max_receives(max_receives: object) -> int:
+    """Deliveries before dead-lettering: a whole number >= 1."""
+    if not isinstance(max_receives, int) or max_receives < 1:
+        raise ConfigError(f"max_receives must be a whole number >= 1, not {max_receives!r}")
+    return max_receives
 
 
 def check_receive_args(max_messages: int, wait_time_s: float, visibility_timeout_s: float) -> None:

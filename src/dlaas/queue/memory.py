@@ -15,13 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dlaas.errors import ReceiptInvalid
-from dlaas.queue import validate_queue_name
 from dlaas.queue.base import (
     DEFAULT_MAX_RECEIVES,
-    DLQ_SUFFIX,
     Message,
     Queue,
     QueueStats,
+    validate_queue_name,
 )
 
 
@@ -115,7 +114,7 @@ class MemoryQueue(Queue):
                 if next_visible_at is None or entry.visible_at < next_visible_at:
                     next_visible_at = entry.visible_at
                 continue
-            if self._dead_lettering and entry.receive_count >= self.max_receives:
+            if self.should_dead_letter(entry.receive_count):
                 dead.append(entry)
                 continue
             entry.receive_count += 1
@@ -127,19 +126,15 @@ class MemoryQueue(Queue):
             if len(messages) == max_messages:
                 break
         if dead:
-            dlq = self._broker.entries(self.name + DLQ_SUFFIX)
+            dlq = self._broker.entries(self.dead_letter_name)
             for entry in dead:
                 del queue[entry.id]
                 entry.receive_count, entry.receipt, entry.visible_at = 0, None, now
                 dlq[entry.id] = entry
-            self._broker.condition(self.name + DLQ_SUFFIX).notify_all()
+            self._broker.condition(self.dead_letter_name).notify_all()
         if messages and visibility_timeout_s == 0:
             self._broker.condition(self.name).notify_all()  # they are visible again at once
         return messages, next_visible_at
-
-    @property
-    def _dead_lettering(self) -> bool:
-        return not self.name.endswith(DLQ_SUFFIX)  # like SQS, a DLQ has no DLQ of its own
 
     def _find(self, receipt: str) -> _Entry | None:
         message_id, _, _ = receipt.partition(".")
@@ -174,7 +169,7 @@ class MemoryQueue(Queue):
         now, now_epoch = time.monotonic(), time.time()
         with self._broker.lock:
             entries = list(self._broker.entries(self.name).values())
-            dead = len(self._broker.queues.get(self.name + DLQ_SUFFIX, {}))
+            dead = len(self._broker.queues.get(self.dead_letter_name, {}))
         visible = sum(1 for e in entries if e.visible_at <= now)
         oldest = min((e.sent_at for e in entries), default=None)
         return QueueStats(

@@ -3,22 +3,30 @@
 A job is visible to workers only after all of it is stored, and the enqueue is one
 ``send_batch``, so a client that gets 202 has a whole job and one that gets an error
 has none: a failure part-way removes what was already stored.
+
+``JobService`` owns that lifecycle for every route: new IDs, the abort on failure, and for
+a synchronous call the manifest written only on timeout (so its caller can poll).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from starlette.concurrency import run_in_threadpool
 
 from dlaas import protocol
 from dlaas.errors import DlaasError, ObjectNotFound, WebError
 from dlaas.queue.base import Queue
 from dlaas.storage.base import Storage
+from dlaas.web.replies import ReplyHub
 from dlaas.web.validate import check_image
 
 log = logging.getLogger("dlaas.web")
@@ -130,6 +138,62 @@ class JobService:
         self.storage.put_json(key, record)
         job.stored_keys.append(key)
         return record
+
+    @asynccontextmanager
+    async def assembling(self) -> AsyncIterator[PendingJob]:
+        """A new job to ``add`` to and ``commit``; if the block raises, it is aborted."""
+        job = PendingJob()
+        try:
+            yield job
+        except BaseException:
+            await run_in_threadpool(self.abort, job)
+            raise
+
+    async def classify(
+        self, hub: ReplyHub, filename: str, data: bytes, timeout_s: float
+    ) -> dict[str, Any]:
+        """Enqueue one image as a job of its own and wait for its result.
+
+        The result comes inside the reply, so nothing is read from storage. On timeout
+        the manifest is written and a 504 sends the caller to ``GET /v1/jobs/<id>``.
+        """
+        job = PendingJob()
+        image_id = protocol.new_id()
+        future = hub.expect(image_id)
+        try:
+            await run_in_threadpool(self._submit_one, job, filename, data, image_id, hub.name)
+        except BaseException:
+            hub.forget(image_id)
+            raise
+        try:
+            reply = await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            hub.forget(image_id)
+            await run_in_threadpool(self.write_manifest, job)
+            raise WebError(
+                504,
+                "timeout",
+                f"no result within {timeout_s:g} s; the image is queued, poll "
+                f"GET /v1/jobs/{job.job_id} for it",
+                extra={"job_id": job.job_id, "image_id": image_id},
+            ) from None
+        if reply.result is not None:  # the worker sent it inline: no storage read
+            result = dict(reply.result)
+        else:
+            result = await run_in_threadpool(self.result, reply.job_id, reply.image_id)
+        result["filename"] = job.images[0]["filename"]
+        return result
+
+    def _submit_one(
+        self, job: PendingJob, filename: str, data: bytes, image_id: str, reply_to: str
+    ) -> None:
+        try:
+            self.add(job, filename, data, image_id=image_id)
+            # The caller gets the result in the response; the manifest waits for a timeout.
+            self.commit(job, reply_to, manifest=False, inline_result=True)
+        except BaseException:
+            self.abort(job)
+            raise
 
     def abort(self, job: PendingJob) -> None:
         """Remove what a failed upload stored; best effort, the job was never enqueued."""

@@ -1,5 +1,6 @@
 """The app tier: receive a batch, classify it in one forward pass, store results, delete."""
 
-from dlaas.worker.loop import Worker, run_worker
+from dlaas.worker.entry import run_worker
+from dlaas.worker.loop import Worker
 
 __all__ = ["Worker", "run_worker"]

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -67,8 +68,9 @@ class HealthRecord:
     """The worker's record at ``workers/<id>.json``: state, counters, last batch time.
 
     Launchers read it to tell a busy worker from an idle one; the stats endpoint reads
-    it to show the fleet. It is written on every state change (so "idle" is never stale
-    while a batch runs) and otherwise at most once per ``min_interval_s``.
+    it to show the fleet. Its ``state`` is a ``protocol.WorkerHealth``. It is written on
+    every state change (so "idle" is never stale while a batch runs) and otherwise at most
+    once per ``min_interval_s``.
     """
 
     def __init__(self, storage: Storage, worker_id: str, min_interval_s: float = 1.0) -> None:
@@ -89,7 +91,11 @@ class HealthRecord:
         }
         self._last_write = 0.0
 
-    def update(self, *, force: bool = False, **fields: Any) -> None:
+    def update(
+        self, *, force: bool = False, state: protocol.WorkerHealth | None = None, **fields: Any
+    ) -> None:
+        if state is not None:
+            fields["state"] = state
         changed_state = "state" in fields and fields["state"] != self.record["state"]
         self.record.update(fields)
         now = time.monotonic()
@@ -113,3 +119,18 @@ class HealthRecord:
             log.warning(
                 "health_write_failed", extra={"worker_id": self.worker_id, "error": str(exc)}
             )
+
+
+def process_exists(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: a killed parent whose own parent has not reaped it yet is a zombie
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]

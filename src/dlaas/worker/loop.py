@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
@@ -28,7 +25,7 @@ from dlaas.defaults import BATCH_SIZE
 from dlaas.errors import DlaasError, ImageError, ObjectNotFound, QueueError, StorageError
 from dlaas.queue.base import Message, Queue
 from dlaas.storage.base import Storage
-from dlaas.worker.heartbeat import HealthRecord, VisibilityHeartbeat
+from dlaas.worker.heartbeat import HealthRecord, VisibilityHeartbeat, process_exists
 
 log = logging.getLogger("dlaas.worker")
 
@@ -175,7 +172,7 @@ class Worker:
         if now < self._next_drain_check:
             return None
         self._next_drain_check = now + self.drain_check_interval_s
-        if self.parent_pid is not None and not _process_exists(self.parent_pid):
+        if self.parent_pid is not None and not process_exists(self.parent_pid):
             return "parent_exited"
         try:
             return "drained" if self.storage.exists(protocol.drain_key(self.worker_id)) else None
@@ -390,80 +387,3 @@ class Worker:
 def _inline(item: _Item) -> bool:
     """Whether the result travels in the reply rather than as a file."""
     return item.task.inline_result and item.task.reply_to is not None
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def run_worker(settings: Any) -> int:
-    """Entry point of ``dlaas worker``: load the model once, then loop."""
-    from dlaas.components import model_spec_from, open_queue_from, open_storage_from
-    from dlaas.model import Classifier
-    from dlaas.worker.preload import classifier_for
-
-    worker_id = settings.worker_id or default_worker_id()
-    t0 = time.monotonic()
-    spec = model_spec_from(settings)
-    preloaded = classifier_for(spec.onnx_path, settings.intra_op_threads)
-    classifier = preloaded or Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
-    log.info(
-        "model_loaded",
-        extra={
-            "worker_id": worker_id,
-            "model": spec.name,
-            "preloaded": preloaded is not None,
-            "ms": round((time.monotonic() - t0) * 1000),
-        },
-    )
-    storage = open_storage_from(settings)
-    queue = open_queue_from(settings)
-    protection = _scale_in_protection(worker_id, settings)
-    worker = Worker(
-        storage=storage,
-        queue=queue,
-        classifier=classifier,
-        worker_id=worker_id,
-        batch_size=settings.batch_size,
-        max_batch_delay_ms=settings.max_batch_delay_ms,
-        idle_timeout_s=settings.idle_timeout_s,
-        visibility_timeout_s=settings.visibility_timeout_s,
-        on_busy=protection.set if protection is not None else None,
-        parent_pid=settings.parent_pid,
-    )
-    worker.install_signal_handlers()
-    try:
-        return worker.run()
-    finally:
-        if protection is not None:
-            protection.close()
-        queue.close()
-        storage.close()
-
-
-def _scale_in_protection(worker_id: str, settings: Any) -> Any:
-    """In an Auto Scaling group, protect this instance while it holds messages.
-
-    Only EC2 worker IDs (``i-...``) can be protected; elsewhere this is None and the
-    worker never imports boto3.
-    """
-    if not worker_id.startswith("i-"):
-        return None
-    from dlaas.aws.protection import ScaleInProtection
-
-    return ScaleInProtection.for_worker(worker_id, region=settings.aws_region)
-
-
-def _process_exists(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a killed parent whose own parent has not reaped it yet is a zombie
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]

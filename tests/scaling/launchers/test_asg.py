@@ -14,12 +14,12 @@ from botocore.stub import Stubber
 
 from dlaas import protocol
 from dlaas.aws import instance as instance_module
-from dlaas.aws.fleet import Grace
 from dlaas.aws.protection import ScaleInProtection
 from dlaas.aws.userdata import render_user_data
 from dlaas.errors import ScalingError
 from dlaas.scaling.launchers.asg import AsgLauncher
 from dlaas.scaling.launchers.base import WorkerState
+from dlaas.scaling.launchers.fleet import Grace
 from dlaas.storage.memory import MemoryStorage
 
 from ...aws.servers import (  # noqa: F401 - fixtures

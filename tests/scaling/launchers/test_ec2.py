@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from dlaas import protocol
-from dlaas.aws.fleet import Grace
 from dlaas.aws.userdata import render_user_data
 from dlaas.queue.memory import MemoryQueue
 from dlaas.scaling.controller import Controller
 from dlaas.scaling.launchers.base import WorkerState
 from dlaas.scaling.launchers.ec2 import Ec2Launcher
+from dlaas.scaling.launchers.fleet import Grace
 from dlaas.scaling.policy import PolicyConfig
 from dlaas.storage.memory import MemoryStorage
 
@@ -168,7 +168,7 @@ def test_state_follows_the_worker_heartbeat(fleet: Fleet) -> None:
     booting, idle, busy, leaving = fleet.launcher.launch(4)
     fleet.heartbeat(idle, "idle")
     fleet.heartbeat(busy, "busy")
-    fleet.heartbeat(leaving, "draining")
+    fleet.heartbeat(leaving, "stopped")  # exiting; its instance powers off next
     assert fleet.states() == {
         booting: (WorkerState.STARTING, None),  # running, but its worker has not started
         idle: (WorkerState.RUNNING, False),

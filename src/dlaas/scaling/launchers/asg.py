@@ -5,7 +5,7 @@ paces itself). The group launches from its launch template, replaces unhealthy
 instances and spreads them over zones. Scale-in never leaves the choice of instance to
 the group: ``drain`` asks the chosen workers to finish their batch, and an instance
 leaves with ``terminate_instance_in_auto_scaling_group(ShouldDecrementDesiredCapacity)``,
-called by this launcher for an instance that holds nothing (``dlaas.aws.fleet``) or by
+called by this launcher for an instance that holds nothing (``launchers.fleet``) or by
 the instance itself when its worker exits (``dlaas.aws.instance``). Workers also set
 instance scale-in protection while they hold messages (``dlaas.aws.protection``), so
 a desired capacity lowered by hand or by a scaling policy never removes a busy worker.
@@ -25,7 +25,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dlaas.aws.clients import describe_error, error_code, make_client
-from dlaas.aws.fleet import (
+from dlaas.errors import ConfigError, ScalingError
+from dlaas.scaling.launchers.fleet import (
     DRAIN_TAG,
     FleetLauncher,
     Grace,
@@ -34,7 +35,6 @@ from dlaas.aws.fleet import (
     parse_drain_tag,
     tag_value,
 )
-from dlaas.errors import ConfigError, ScalingError
 from dlaas.storage.base import Storage
 
 log = logging.getLogger("dlaas.scaling")

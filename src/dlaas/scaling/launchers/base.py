@@ -12,9 +12,27 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import get_args
+
+from dlaas import protocol
+
+_HEALTH: dict[str, protocol.WorkerHealth] = {
+    state: state for state in get_args(protocol.WorkerHealth)
+}
+
+
+def reported_health(record: object) -> protocol.WorkerHealth | None:
+    """The ``state`` in a worker's health record, None if it has none. A state this
+    version does not know counts as "starting": never ready, never given up on."""
+    state = record.get("state") if isinstance(record, dict) else None
+    if not isinstance(state, str):
+        return None
+    return _HEALTH.get(state, "starting")
 
 
 class WorkerState(StrEnum):
+    """The launcher's view of a worker (a worker's own report is ``protocol.WorkerHealth``)."""
+
     STARTING = "starting"  # launched, not yet taking messages (booting, loading the model)
     RUNNING = "running"
     DRAINING = "draining"  # asked to stop; finishing the batch in hand

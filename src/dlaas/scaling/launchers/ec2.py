@@ -5,7 +5,7 @@ from the user data (``dlaas aws user-data``: install dlaas, run ``dlaas worker``
 systemd) and is launched with ``InstanceInitiatedShutdownBehavior=terminate``, so the
 worker's idle exit, which powers the machine off, also ends the bill. ``list`` counts
 the cluster's instances with ``describe_instances`` filters; draining and termination
-follow ``dlaas.aws.fleet``: a busy worker's instance is never terminated.
+follow ``launchers.fleet``: a busy worker's instance is never terminated.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dlaas.aws.clients import describe_error, error_code, make_client
-from dlaas.aws.fleet import (
+from dlaas.errors import ConfigError, ScalingError
+from dlaas.scaling.launchers.fleet import (
     CLUSTER_TAG,
     DRAIN_TAG,
     ROLE,
@@ -30,7 +31,6 @@ from dlaas.aws.fleet import (
     parse_drain_tag,
     tag_value,
 )
-from dlaas.errors import ConfigError, ScalingError
 from dlaas.storage.base import Storage
 
 _PHASES: dict[str, Phase] = {

@@ -8,11 +8,9 @@ function from a worker ID to the state the worker last reported (``health_probe`
 reads the health record every worker keeps in storage). Without a probe a child counts
 as RUNNING ``ready_after_s`` after it started, and its busyness is unknown.
 
-With ``preload=True`` workers are forked from a fork server that has already imported
-dlaas, NumPy, Pillow and ONNX Runtime, so a new worker starts in about the time its
-ONNX Runtime session takes instead of paying every import again: scale-from-zero
-latency drops from ~0.5 s to ~0.1 s. The fork server holds no model and takes no
-messages; it is a warm interpreter, not a worker.
+With ``preload=True`` workers are forked from a warm fork server (``forkserver``) and
+run ``dlaas.worker.entry.main``: the worker command is then not used, and the settings
+travel in ``env`` alone.
 
 Exited children are reaped on every ``list()``. A non-zero exit the launcher did not
 cause is a crash: it is logged and counted, and the crashed worker's messages come
@@ -23,115 +21,49 @@ from __future__ import annotations
 
 import builtins
 import logging
-import multiprocessing
 import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from dlaas import protocol
 from dlaas.errors import DlaasError, ScalingError
-from dlaas.scaling.launchers.base import Launcher, WorkerInfo, WorkerState
+from dlaas.scaling.launchers.base import Launcher, WorkerInfo, WorkerState, reported_health
+from dlaas.scaling.launchers.forkserver import Forked, ForkServer
 from dlaas.storage.base import Storage
-from dlaas.worker.preload import PRELOAD_ENV
 
 log = logging.getLogger("dlaas.scaling")
 
 WORKER_ID_ENV = "DLAAS_WORKER_ID"
-WorkerProbe = Callable[[str], str | None]
-"""``probe(worker_id)`` -> the worker's reported state ("idle", "busy", ...) or None."""
+WorkerProbe = Callable[[str], protocol.WorkerHealth | None]
+"""``probe(worker_id)`` -> the state the worker last reported, or None."""
 
-# What a worker imports before it can load its model; the fork server imports it once.
-PRELOAD_MODULES = [
-    "numpy",
-    "onnxruntime",
-    "PIL.Image",
-    "PIL.JpegImagePlugin",
-    "PIL.PngImagePlugin",
-    "dlaas.cli",
-    "dlaas.settings",
-    "dlaas.components",
-    "dlaas.model",
-    "dlaas.worker",
-    "dlaas.storage",
-    "dlaas.storage.local",
-    "dlaas.queue",
-    "dlaas.queue.sqlite",
-    "dlaas.worker.preload",  # last: loads and warms the model (see that module)
-]
-
-READY_STATES = frozenset({"idle", "busy"})
-LEAVING_STATES = frozenset({"draining", "stopped"})
+READY_STATES: frozenset[protocol.WorkerHealth] = frozenset({"idle", "busy"})
 
 
 def health_probe(storage: Storage) -> WorkerProbe:
     """A probe that reads ``state`` from the worker's record at ``protocol.worker_key``."""
 
-    def probe(worker_id: str) -> str | None:
+    def probe(worker_id: str) -> protocol.WorkerHealth | None:
         try:
             record = storage.get_json(protocol.worker_key(worker_id))
         except (DlaasError, ValueError):
             return None  # not written yet (still loading the model) or unreadable
-        state = record.get("state") if isinstance(record, dict) else None
-        return state if isinstance(state, str) else None
+        return reported_health(record)
 
     return probe
-
-
-class _Forked:
-    """A worker forked from the fork server, behind the part of Popen's interface we use."""
-
-    def __init__(self, process: BaseProcess) -> None:
-        self._process = process
-
-    @property
-    def pid(self) -> int:
-        return int(self._process.pid or 0)
-
-    def poll(self) -> int | None:
-        return None if self._process.is_alive() else self._process.exitcode
-
-    def wait(self, timeout: float | None = None) -> int:
-        self._process.join(timeout)
-        code = self._process.exitcode
-        if code is None:
-            raise subprocess.TimeoutExpired(f"worker pid {self.pid}", timeout or 0.0)
-        return code
-
-    def send_signal(self, sig: int) -> None:
-        os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self._process.kill()
-
-
-def _run_preloaded(cli_args: list[str], env: dict[str, str], cwd: str | None) -> None:
-    """The forked child: take the worker's environment, leave the parent's session, run."""
-    os.environ.update(env)
-    if cwd is not None:
-        os.chdir(cwd)
-    os.setsid()  # as start_new_session: Ctrl-C reaches the parent, which drains us
-    from dlaas.cli import main
-
-    sys.exit(main(cli_args))
-
-
-def _noop() -> None:
-    """The fork server's readiness probe: a child that exits at once."""
 
 
 @dataclass
 class _Child:
     id: str
-    process: subprocess.Popen[bytes] | _Forked
+    process: subprocess.Popen[bytes] | Forked
     started_at: float
     drain_requested: bool = False
     ready: bool = False
@@ -142,7 +74,7 @@ class LocalLauncher(Launcher):
 
     def __init__(
         self,
-        worker_argv: Sequence[str],
+        worker_argv: Sequence[str] = (),
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | Path | None = None,
@@ -155,17 +87,11 @@ class LocalLauncher(Launcher):
 
         ``stop_timeout_s`` bounds how long ``close`` waits for drained children
         before it kills them; make it longer than one batch takes. ``preload`` forks
-        workers from a warm fork server; ``worker_argv`` must then be
-        ``[python, "-m", "dlaas", ...]``.
+        workers from a warm fork server instead of running ``worker_argv``.
         """
-        if not worker_argv:
+        if not worker_argv and not preload:
             raise ScalingError("the local launcher needs a worker command; got an empty one")
-        if preload and list(worker_argv[1:3]) != ["-m", "dlaas"]:
-            raise ScalingError(
-                "preload=True runs dlaas in-process: use [python, '-m', 'dlaas', ...]"
-            )
         self.preload = preload
-        self._forkserver: multiprocessing.context.BaseContext | None = None
         self.worker_argv = list(worker_argv)
         self.env = dict(env or {})
         self.cwd = cwd
@@ -179,9 +105,7 @@ class LocalLauncher(Launcher):
         self._children: dict[str, _Child] = {}
         self._closed = False
         self._lock = threading.Lock()
-        self._forkserver_warm = threading.Event()
-        if preload:
-            self._start_forkserver()
+        self._forkserver = ForkServer(self.env) if preload else None
 
     # The Launcher interface ---------------------------------------------------
 
@@ -241,11 +165,18 @@ class LocalLauncher(Launcher):
         with self._lock:
             return {worker_id: c.process.pid for worker_id, c in self._children.items()}
 
+    def readiness(self) -> str:
+        if self._forkserver is None or self._forkserver.warm:
+            return "ok"
+        return "the worker fork server is still loading the model"
+
     # Internals ----------------------------------------------------------------
 
-    def _spawn(self, worker_id: str) -> subprocess.Popen[bytes] | _Forked:
-        if self.preload:
-            return self._fork(worker_id)
+    def _spawn(self, worker_id: str) -> subprocess.Popen[bytes] | Forked:
+        if self._forkserver is not None:
+            cwd = None if self.cwd is None else str(self.cwd)
+            env = {**self.env, WORKER_ID_ENV: worker_id}
+            return self._forkserver.fork(f"dlaas-worker-{worker_id}", env, cwd)
         env = {**os.environ, **self.env, WORKER_ID_ENV: worker_id}
         try:
             # A session of its own: Ctrl-C on the service reaches only the parent,
@@ -262,60 +193,6 @@ class LocalLauncher(Launcher):
                 f"cannot start worker command {self.worker_argv[0]!r}: {exc}; "
                 "check that it exists and is executable"
             ) from exc
-
-    def _start_forkserver(self) -> None:
-        """Start the fork server now, so the first scale-up does not pay for its imports."""
-        from multiprocessing import forkserver
-
-        # The fork server's NumPy must not start BLAS threads that a fork would orphan.
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        self._forkserver = multiprocessing.get_context("forkserver")
-        self._forkserver.set_forkserver_preload(PRELOAD_MODULES)
-        # The fork server inherits this process's environment when it starts: give it the
-        # workers' settings for that moment, so it preloads the model they will use.
-        saved = dict(os.environ)
-        os.environ.update({**self.env, PRELOAD_ENV: "1"})
-        try:
-            forkserver.ensure_running()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        threading.Thread(target=self._await_forkserver, name="forkserver-warm", daemon=True).start()
-
-    def _await_forkserver(self) -> None:
-        """Fork one no-op child: the fork server answers only once its preload is done."""
-        assert self._forkserver is not None
-        try:
-            probe = self._forkserver.Process(target=_noop, name="dlaas-forkserver-probe")  # type: ignore[attr-defined]
-            probe.start()
-            probe.join()
-        except OSError as exc:
-            log.warning("forkserver_probe_failed", extra={"error": str(exc)})
-        self._forkserver_warm.set()
-
-    def readiness(self) -> str:
-        if self._forkserver is None or self._forkserver_warm.is_set():
-            return "ok"
-        return "the worker fork server is still loading the model"
-
-    def _fork(self, worker_id: str) -> _Forked:
-        if self._forkserver is None:
-            self._start_forkserver()
-        assert self._forkserver is not None
-        env = {**self.env, WORKER_ID_ENV: worker_id}
-        cwd = None if self.cwd is None else str(self.cwd)
-        process = self._forkserver.Process(  # type: ignore[attr-defined]
-            target=_run_preloaded,
-            args=(list(self.worker_argv[3:]), env, cwd),
-            name=f"dlaas-worker-{worker_id}",
-            daemon=False,
-        )
-        try:
-            process.start()
-        except OSError as exc:
-            raise ScalingError(f"cannot fork a worker from the fork server: {exc}") from exc
-        return _Forked(process)
 
     def _terminate(self, child: _Child) -> None:
         child.drain_requested = True
@@ -364,7 +241,7 @@ class LocalLauncher(Launcher):
         except Exception:  # a probe must not take the controller down; treat as unknown
             log.exception("worker_probe_failed", extra={"worker_id": child.id})
             reported = None
-        if reported in LEAVING_STATES:
+        if reported == "stopped":
             return info(WorkerState.DRAINING)  # leaving on its own (idle exit)
         if reported in READY_STATES:
             child.ready = True

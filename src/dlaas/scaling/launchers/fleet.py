@@ -2,8 +2,9 @@
 and deciding which instances may be terminated.
 
 A worker's ID is its instance ID. The worker keeps its heartbeat at
-``protocol.worker_key(id)`` (``state``: idle, busy, draining, stopped) and exits after
-the batch in hand once ``protocol.drain_key(id)`` exists; its instance then powers off.
+``protocol.worker_key(id)`` (``state``: a ``protocol.WorkerHealth``, that is starting,
+idle, busy or stopped) and exits after the batch in hand once ``protocol.drain_key(id)``
+exists; its instance then powers off.
 
 The launcher terminates an instance itself only when no worker can be holding messages
 on it (``assess``): the worker never started, it stopped, or it was asked to drain and
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 from dlaas import protocol
 from dlaas.errors import DlaasError, ScalingError
-from dlaas.scaling.launchers.base import Launcher, WorkerInfo, WorkerState
+from dlaas.scaling.launchers.base import Launcher, WorkerInfo, WorkerState, reported_health
 from dlaas.storage.base import Storage
 
 log = logging.getLogger("dlaas.scaling")
@@ -54,7 +55,7 @@ class Instance:
 class Heartbeat:
     """The worker's record; ``state`` None means no record was found."""
 
-    state: str | None = None
+    state: protocol.WorkerHealth | None = None
     updated_at: float = 0.0
 
 
@@ -106,8 +107,6 @@ def assess(instance: Instance, heartbeat: Heartbeat, now: float, grace: Grace) -
         return Assessment(WorkerState.STARTING, None)
     if heartbeat.state == "idle":
         return Assessment(WorkerState.RUNNING, False)
-    if heartbeat.state == "draining":
-        return Assessment(WorkerState.DRAINING, False)
     return Assessment(WorkerState.STARTING, None)  # "starting", or a state we do not know
 
 
@@ -263,10 +262,9 @@ class FleetLauncher(Launcher):
             return Heartbeat(state="busy")
         if not isinstance(record, dict):
             return Heartbeat(state="busy")
-        state = record.get("state")
         updated_at = record.get("updated_at")
         return Heartbeat(
-            state=state if isinstance(state, str) else None,
+            state=reported_health(record),
             updated_at=float(updated_at) if isinstance(updated_at, int | float) else 0.0,
         )
 

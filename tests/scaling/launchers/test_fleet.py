@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dlaas.aws.fleet import Grace, Heartbeat, Instance, assess
-from dlaas.scaling.launchers.base import WorkerState
+from dlaas.scaling.launchers.base import WorkerState, reported_health
+from dlaas.scaling.launchers.fleet import Grace, Heartbeat, Instance, assess
 
 NOW = 10_000.0
 GRACE = Grace(boot_s=600, stop_s=60, drain_s=120)
@@ -24,7 +24,7 @@ def instance(
 
 
 def beat(state: str | None, age_s: float = 0) -> Heartbeat:
-    return Heartbeat(state, NOW - age_s)
+    return Heartbeat(reported_health({"state": state}), NOW - age_s)
 
 
 # (instance, heartbeat, expected state, expected busy, may the launcher terminate it?)
@@ -37,7 +37,7 @@ RULES = [
     (instance(), beat("idle"), R, False, False),
     (instance(), beat("busy"), R, True, False),
     (instance(protected=True), beat("idle"), R, True, False),
-    (instance(), beat("draining"), D, False, False),
+    (instance(), beat("rebooting"), S, None, False),  # a state this version does not know
     (instance(), beat("stopped", age_s=30), D, False, False),  # may be restarting
     (instance(), beat("stopped", age_s=61), D, False, True),  # failed to power off
     (instance("leaving"), beat(None), D, False, False),

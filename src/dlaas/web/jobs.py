@@ -1,0 +1,121 @@
+"""Routes of asynchronous jobs: upload many images, then poll or stream the results."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from dlaas.errors import WebError
+from dlaas.web.context import context
+from dlaas.web.sse import event_stream, sse
+
+STREAM_POLL_S = 2.0  # fallback storage check for results delivered to another web process
+
+router = APIRouter(tags=["jobs"])
+
+
+@router.post("/v1/jobs", status_code=202)
+async def create_job(
+    request: Request,
+    partial: bool = Query(
+        False,
+        description="accept the valid files and list the refused ones in `rejected`, "
+        "instead of refusing the whole job",
+    ),
+) -> JSONResponse:
+    """Upload one or many images (multipart field ``files``) as one job."""
+    ctx = context(request)
+    service = ctx.service
+    uploads = await ctx.uploads.many_files(
+        request, "files", max_files=ctx.settings.max_files_per_job
+    )
+    rejected: list[dict[str, Any]] = []
+    try:
+        async with service.assembling() as job:
+            for index, upload in enumerate(uploads):
+                try:
+                    data = await ctx.uploads.read(upload)
+                    await run_in_threadpool(service.add, job, upload.filename or "upload", data)
+                except WebError as exc:
+                    if not partial:
+                        raise
+                    rejected.append(
+                        {
+                            "index": index,
+                            "filename": upload.filename or "upload",
+                            "status": exc.status_code,
+                            "error": exc.error,
+                            "detail": exc.detail,
+                        }
+                    )
+            if partial and not job.images:
+                raise WebError(
+                    422, "no_valid_files", "every file was refused", extra={"rejected": rejected}
+                )
+            manifest = await run_in_threadpool(service.commit, job, ctx.hub.name, progress=True)
+    finally:
+        await request.close()  # removes the spooled upload files
+    images = [{"image_id": i["image_id"], "filename": i["filename"]} for i in manifest["images"]]
+    body: dict[str, Any] = {"job_id": job.job_id, "images": images}
+    if partial:
+        body["rejected"] = rejected
+    return JSONResponse(body, status_code=202)
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(job_id: str, request: Request) -> dict[str, Any]:
+    """Status counts and every result so far; works from any web process."""
+    return await run_in_threadpool(context(request).service.status, job_id)
+
+
+@router.get("/v1/jobs/{job_id}/events")
+async def job_events(job_id: str, request: Request) -> StreamingResponse:
+    """Server-Sent Events: ``job``; ``classifying``, ``result`` per image; ``end``."""
+    ctx = context(request)
+    service, hub = ctx.service, ctx.hub
+    manifest = await run_in_threadpool(service.manifest, job_id)
+    inbox = hub.subscribe(job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        total = len(manifest["images"])
+        seen: set[str] = set()
+        counts = {"done": 0, "failed": 0}
+        names = {i["image_id"]: i["filename"] for i in manifest["images"]}
+
+        def emit(result: dict[str, Any]) -> str:
+            seen.add(result["image_id"])
+            counts[result["status"]] = counts.get(result["status"], 0) + 1
+            result["filename"] = names.get(result["image_id"], "")
+            return sse("result", result)
+
+        try:
+            yield sse("job", {"job_id": job_id, "total": total, "images": manifest["images"]})
+            for result in await run_in_threadpool(service.results, job_id):
+                yield emit(result)
+            while len(seen) < total:
+                if await request.is_disconnected():
+                    return
+                try:
+                    reply = await asyncio.wait_for(inbox.get(), STREAM_POLL_S)
+                except TimeoutError:
+                    for result in await run_in_threadpool(service.results, job_id, seen):
+                        yield emit(result)
+                    yield ": keep-alive\n\n"
+                    continue
+                if reply.image_id in seen:
+                    continue
+                if reply.status == "classifying":
+                    yield sse("classifying", {"image_id": reply.image_id})
+                    continue
+                result = await run_in_threadpool(service.result, job_id, reply.image_id)
+                yield emit(result)
+            yield sse("end", {"job_id": job_id, "total": total, **counts})
+        finally:
+            hub.unsubscribe(job_id, inbox)
+
+    return event_stream(stream())

@@ -1,0 +1,95 @@
+"""Routes for operators: stats (JSON and a stream), Prometheus metrics, health and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from dlaas.errors import DlaasError
+from dlaas.web.context import WebContext, context
+from dlaas.web.sse import event_stream, sse
+
+router = APIRouter(tags=["ops"])
+
+
+async def current_stats(ctx: WebContext) -> dict[str, Any]:
+    """The controller's stats; without one (an external fleet), the queue's own numbers."""
+    if ctx.stats_provider is not None:
+        return await run_in_threadpool(ctx.stats_provider)
+    qs = await run_in_threadpool(ctx.queue.stats)
+    return {
+        "mode": "external",
+        "queue": {
+            "visible": qs.visible,
+            "in_flight": qs.in_flight,
+            "oldest_age_s": qs.oldest_age_s,
+            "dead_lettered": qs.dead_lettered,
+        },
+        "workers": {},
+        "history": [],
+    }
+
+
+@router.get("/v1/stats")
+async def stats(request: Request) -> dict[str, Any]:
+    """Queue depth, workers desired/running/starting, and recent history."""
+    return await current_stats(context(request))
+
+
+@router.get("/v1/stats/events")
+async def stats_events(
+    request: Request, interval_s: float = Query(1.0, ge=0.2, le=60)
+) -> StreamingResponse:
+    """Server-Sent Events: a ``stats`` event (as ``GET /v1/stats``) every ``interval_s``."""
+    ctx = context(request)
+
+    async def stream() -> AsyncIterator[str]:
+        while not await request.is_disconnected():
+            yield sse("stats", await current_stats(ctx))
+            await asyncio.sleep(interval_s)
+
+    return event_stream(stream())
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus exposition: queue, workers, images, latency histograms."""
+    ctx = context(request)
+    body, content_type = ctx.metrics.render(await current_stats(ctx))
+    return Response(body, media_type=content_type)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Storage and queue answer, replies are being read, and workers can start."""
+    ctx = context(request)
+    checks: dict[str, str] = {}
+    try:
+        await run_in_threadpool(ctx.storage.exists, "jobs/readyz-probe")
+        checks["storage"] = "ok"
+    except DlaasError as exc:
+        checks["storage"] = str(exc)
+    try:
+        await run_in_threadpool(ctx.queue.stats)
+        checks["queue"] = "ok"
+    except DlaasError as exc:
+        checks["queue"] = str(exc)
+    checks["replies"] = "ok" if ctx.hub.alive else "reply reader is not running"
+    if ctx.workers_readiness is not None:
+        checks["workers"] = ctx.workers_readiness()
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks},
+        status_code=200 if ok else 503,
+    )
