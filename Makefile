@@ -43,6 +43,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) .dlaas .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -13,8 +13,17 @@ stopped; the order rotates between rounds. The machines are shared and noisy, so
 ratios to read are medians of pairs taken in the same round. During the service runs
 the PSS of every process is sampled (bench/pss.py), and the CPU each tier spent.
 
+``--queue URL`` adds ``fixed-q``: the fixed service on that queue (say a Redis,
+``redis://127.0.0.1:6379/0``, a fresh stream per start) next to ``fixed`` on its
+default sqlite queue, and prints their end-to-end ratio from the same rounds.
+
+``--client triton`` also sends the photos through Triton's own client to ``/v2`` (the
+Open Inference Protocol, bench/triton_load.py) on the same fixed and elastic services,
+before or after the multipart client (alternating by round), and prints the two side by side.
+
     .venv/bin/python bench/throughput.py [--images 1000] [--repeats 3] [--sizes 320 1600]
-        [--only bare fixed] [--endpoint / | /v1/classify] [--json out.json]
+        [--only bare fixed] [--endpoint / | /v1/classify] [--client triton] [--json out.json]
+        [--queue redis://127.0.0.1:6379/0]
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -45,6 +55,7 @@ from common import (
     post_all,
 )
 from pss import PssSampler
+from triton_load import triton_img_s
 
 SYSTEMS = ("bare", "peer", "fixed", "elastic")
 # (numerator, denominator, goal): the issue's targets.
@@ -67,6 +78,7 @@ class Measure:
     cpu_s: dict[str, float] = field(default_factory=dict)  # by tier, over the measured part
     pss_peak_total_mb: float = 0.0
     pss_peaks_mb: dict[str, float] = field(default_factory=dict)
+    triton_img_s: float | None = None  # the same service through Triton's client
 
 
 def _cpu_s(pid: int, with_children: bool) -> float:
@@ -152,6 +164,7 @@ def run_system(
     bodies: dict[str, list[tuple[bytes, str]]],
     args: argparse.Namespace,
     model_dir: Path,
+    triton_first: bool = False,
 ) -> Measure:
     if system == "bare":
         return Measure(bare_loop_img_s(model_dir, images, processes=cpu_count()))
@@ -166,7 +179,9 @@ def run_system(
             with peer_app(model_dir, Path(tmp) / "peer.log") as (pid, port):
                 post(posts[:WARMUP])
                 return measured(pid, "app", lambda: post(posts), args.pss_interval_s)
-        fleet = ["--workers", str(args.workers)] if system == "fixed" else []
+        fleet = ["--workers", str(args.workers)] if system.startswith("fixed") else []
+        if system == "fixed-q":
+            fleet += ["--queue", fresh_queue(args.queue)]
         extra = [*args.serve_args.split()]
         server = ServeProcess(
             Path(tmp),
@@ -178,9 +193,24 @@ def run_system(
             # Elastic: measure right after the warm-up, as a user under steady load would
             # see it; no waiting for the fleet to grow (or shrink) first.
             post(posts[:WARMUP])
-            return measured(server.proc.pid, "web", lambda: post(posts), args.pss_interval_s)
+            if args.client != "triton":
+                return measured(server.proc.pid, "web", lambda: post(posts), args.pss_interval_s)
+            triton_img_s(port, images[:WARMUP], args.threads)
+            first = triton_img_s(port, images, args.threads) if triton_first else None
+            m = measured(server.proc.pid, "web", lambda: post(posts), args.pss_interval_s)
+            m.triton_img_s = (
+                first if first is not None else triton_img_s(port, images, args.threads)
+            )
+            return m
         finally:
             server.stop()
+
+
+def fresh_queue(url: str) -> str:
+    """``url`` with a stream of its own on Redis, so no start sees another's leftovers."""
+    if not url.startswith(("redis://", "rediss://")):
+        return url
+    return f"{url.split('?')[0]}?stream=bench-{uuid.uuid4().hex[:8]}"
 
 
 def median_pairs(
@@ -198,9 +228,10 @@ def report(rounds: list[dict[str, Measure]], args: argparse.Namespace, n: int) -
         "peer": "FastAPI peer (1 process, sync handler)",
         "fixed": f"dlaas serve --workers {args.workers}",
         "elastic": "dlaas serve (elastic, defaults)",
+        "fixed-q": f"dlaas serve --workers {args.workers} --queue {args.queue}",
     }
     print("\nimg/s per round and median:")
-    for system in [s for s in SYSTEMS if s in args.only]:
+    for system in [s for s in (*SYSTEMS, "fixed-q") if s in rounds[0]]:
         rates = [r[system].img_s for r in rounds]
         med = statistics.median(rates)
         print(f"  {names[system]:42s} {med:6.1f} img/s  rounds {[round(x, 1) for x in rates]}")
@@ -219,9 +250,27 @@ def report(rounds: list[dict[str, Measure]], args: argparse.Namespace, n: int) -
             f"  (goal >= {goal:.2f}) {verdict}"
         )
         out["ratios"][f"{num}/{den}"] = {"median": med, "pairs": pairs, "goal": goal}
+    found = median_pairs(rounds, "fixed-q", "fixed")
+    if found is not None:
+        med, pairs = found
+        label = f"{args.queue.split(':')[0]}/sqlite (fixed-q/fixed)"
+        print(f"  {label:16s} {med:5.2f}x  pairs {[round(x, 2) for x in pairs]}  end to end")
+        out["ratios"]["fixed-q/fixed"] = {"median": med, "pairs": pairs, "goal": None}
+
+    if args.client == "triton":
+        print("\nthrough Triton's client (POST /v2/.../infer, binary data, top-5), same services:")
+        for system in [s for s in ("fixed", "elastic") if s in args.only]:
+            rates = [r[system].triton_img_s or 0.0 for r in rounds]
+            pairs = [t / r[system].img_s for t, r in zip(rates, rounds, strict=True)]
+            med = statistics.median(rates)
+            print(
+                f"  {system:8s} {med:6.1f} img/s  triton/multipart {statistics.median(pairs):.2f}x"
+                f"  pairs {[round(x, 2) for x in pairs]}"
+            )
+            out["systems"][system]["triton_median_img_s"] = med
 
     print("\nCPU per image by tier (ms, medians over rounds; client = this process):")
-    for system in [s for s in ("fixed", "elastic", "peer") if s in args.only]:
+    for system in [s for s in ("fixed", "fixed-q", "elastic", "peer") if s in rounds[0]]:
         tiers = rounds[0][system].cpu_s
         per = {t: statistics.median(r[system].cpu_s[t] for r in rounds) * 1000 / n for t in tiers}
         total = sum(per.values())
@@ -240,7 +289,7 @@ def report(rounds: list[dict[str, Measure]], args: argparse.Namespace, n: int) -
         print(f"  bare     {1000 * cpu_count() / bare:.1f} (all cores busy, no I/O)")
 
     print("\npeak PSS (MB), per round: total; per process")
-    for system in [s for s in ("fixed", "elastic", "peer") if s in args.only]:
+    for system in [s for s in ("fixed", "fixed-q", "elastic", "peer") if s in rounds[0]]:
         for i, r in enumerate(rounds, 1):
             m = r[system]
             parts = ", ".join(f"{label} {mb:.0f}" for label, mb in m.pss_peaks_mb.items())
@@ -262,6 +311,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="rounds")
     parser.add_argument("--endpoint", default="/v1/classify", choices=["/", "/v1/classify"])
+    parser.add_argument(
+        "--client",
+        default="multipart",
+        choices=["multipart", "triton"],
+        help="triton: also measure fixed and elastic through Triton's client on /v2",
+    )
     parser.add_argument("--sizes", type=int, nargs=2, default=[320, 1600], metavar=("MIN", "MAX"))
     parser.add_argument("--only", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--workers", type=int, default=cpu_count(), help="for fixed")
@@ -270,6 +325,7 @@ def main() -> None:
         "--pss-interval-s", type=float, default=0.25, help="PSS sampling period; 0: start/end"
     )
     parser.add_argument("--json", type=Path, default=None, help="write all figures here")
+    parser.add_argument("--queue", default=None, help="also run fixed on this queue URL")
     args = parser.parse_args()
 
     model_dir = ensure_model_dir()
@@ -285,12 +341,16 @@ def main() -> None:
     )
     rounds: list[dict[str, Measure]] = []
     order = [s for s in SYSTEMS if s in args.only]
+    if args.queue:
+        order.insert(order.index("fixed") + 1 if "fixed" in order else len(order), "fixed-q")
     for i in range(args.repeats):
         rounds.append({})
         for system in order[i % len(order) :] + order[: i % len(order)]:
-            m = run_system(system, images, bodies, args, model_dir)
+            m = run_system(system, images, bodies, args, model_dir, triton_first=i % 2 == 1)
             rounds[-1][system] = m
             pss = f"  peak PSS {m.pss_peak_total_mb:.0f} MB" if m.pss_peak_total_mb else ""
+            if m.triton_img_s is not None:
+                pss += f"  (Triton's client: {m.triton_img_s:.1f} img/s)"
             print(f"  round {i + 1} {system:8s} {m.img_s:7.1f} img/s{pss}", flush=True)
     figures = report(rounds, args, len(images))
     if args.json:

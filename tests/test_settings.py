@@ -22,7 +22,7 @@ def test_defaults_need_no_configuration(monkeypatch: pytest.MonkeyPatch) -> None
     assert (s.host, s.port, s.batch_size, s.max_upload_mb, s.max_pixels) == (
         "127.0.0.1", 8000, 8, 20.0, 40_000_000,
     )  # fmt: skip
-    assert s.backlog_target == 2
+    assert s.target_backlog_per_worker == 2
 
 
 def test_environment_twins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,7 +50,7 @@ def test_every_field_has_a_flag_on_serve() -> None:
     ("overrides", "needle"),
     [
         ({"storage": "ftp://host/x"}, "accepted: file://, memory://, s3://"),
-        ({"queue": "redis://localhost"}, "accepted: sqlite://"),
+        ({"queue": "amqp://localhost"}, "accepted: sqlite://"),
         ({"batch_size": "0"}, "--batch-size / DLAAS_BATCH_SIZE"),
         ({"port": "http"}, "--port / DLAAS_PORT"),
         ({"min_workers": "5", "max_workers": "2"}, "above --max-workers"),

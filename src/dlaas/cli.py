@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from dlaas import __version__
-from dlaas.errors import DlaasError
-from dlaas.settings import GROUPS, Settings, load_settings
+from dlaas.client_jobs import add_jobs_parser
+from dlaas.errors import ConfigError, DlaasError
+from dlaas.setting_groups import GROUPS
+from dlaas.settings import Settings, load_settings
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, groups: Sequence[str]) -> None:
@@ -29,8 +31,12 @@ def _add_settings_flags(parser: argparse.ArgumentParser, groups: Sequence[str]) 
             if choices:
                 kwargs["choices"] = choices
                 kwargs.pop("metavar")
+            if info.annotation is bool:  # `--keep-inputs` alone means true
+                kwargs.update(nargs="?", const="true", metavar="BOOL")
             default = info.get_default(call_default_factory=True)
-            shown = "" if default is None else f" (default: {default})"
+            if isinstance(default, tuple | list):
+                default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+            shown = "" if default in (None, "") else f" (default: {default})"
             kwargs["help"] = f"{info.description}{shown} [env DLAAS_{name.upper()}]"
             group.add_argument(flag, **kwargs)
 
@@ -58,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         "controller", help="run the autoscaler alone (the web tier runs elsewhere)"
     )
     _add_settings_flags(
-        controller, ["storage and queue", "model", "worker", "scaling", "AWS launchers"]
+        controller,
+        ["storage and queue", "model", "worker", "scaling", "AWS launchers", "job lifecycle"],
     )
 
     classify = sub.add_parser("classify", help="upload images or folders to a running service")
@@ -70,11 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument(
         "--timeout-s", type=float, default=600.0, help="give up waiting after this long"
     )
+    classify.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow the job to its end (--no-wait: print the job ID and return)",
+    )
+    classify.add_argument(
+        "--api-key",
+        default=None,
+        help="the key to send, when the service needs one [env DLAAS_API_KEY]",
+    )
+    _add_keys_parser(sub)
+    add_jobs_parser(sub)
 
     model = sub.add_parser("model", help="prepare the model")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    build = model_sub.add_parser("build", help="convert EfficientNet-Lite0 to ONNX (no torch)")
+    build = model_sub.add_parser(
+        "build",
+        help="convert EfficientNet-Lite0 to ONNX (no torch); --quantize int8 also builds the"
+        " int8 model",
+        description="Build the model named by --model (default efficientnet-lite0) into the"
+        " model cache, unless a valid build is there. --quantize int8 builds"
+        " efficientnet-lite0-int8: the fp32 model, then ONNX Runtime static quantization"
+        " calibrated on --calibration-dir or scikit-image's sample photos. Nothing is downloaded.",
+    )
     _add_settings_flags(build, ["storage and queue", "model"])
+    build.add_argument(
+        "--quantize",
+        choices=["int8"],
+        default=None,
+        help="build the int8 model, efficientnet-lite0-int8 (same as --model"
+        " efficientnet-lite0-int8)",
+    )
     build.add_argument("--force", action="store_true", help="rebuild even if the cache is valid")
 
     sub.add_parser("simulate", help="simulate autoscaling at cloud scale", add_help=False)
@@ -119,7 +154,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "classify":
         from dlaas.client import run_classify
 
-        return run_classify(args.paths, url=args.url, output=args.output, timeout_s=args.timeout_s)
+        return run_classify(
+            args.paths,
+            url=args.url,
+            output=args.output,
+            timeout_s=args.timeout_s,
+            api_key=_api_key(args),
+            wait=args.wait,
+        )
+    if args.command == "jobs":
+        from dlaas.client_jobs import run_jobs
+
+        return run_jobs(args, _api_key(args))
+    if args.command == "keys":
+        return _keys(args)
 
     settings = _settings_from(args)
     configure_logging(settings.log_level)
@@ -128,7 +176,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_serve(settings)
     if args.command == "worker":
-        from dlaas.worker.entry import run as run_worker
+        from dlaas.assemble import run_worker
 
         return run_worker(settings)
     if args.command == "controller":
@@ -136,14 +184,67 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_controller(settings)
     if args.command == "model":
-        from dlaas.components import model_spec_from
+        from dlaas.assemble import model_spec_from
 
-        if args.force:
-            from dlaas.model import ensure_model
-
-            spec = ensure_model(settings.model_cache_dir, force=True)
-        else:
-            spec = model_spec_from(settings)
+        if args.quantize == "int8":
+            if settings.model_path is not None:
+                raise ConfigError(
+                    f"--quantize int8 quantizes EfficientNet-Lite0, not {settings.model_path};"
+                    " leave out --model, or --quantize"
+                )
+            settings = settings.model_copy(update={"model": "efficientnet-lite0-int8"})
+        spec = model_spec_from(settings, force=args.force)
         print(f"model {spec.name} ready at {spec.onnx_path}")
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """``--api-key``, else ``DLAAS_API_KEY``: what a client sends as its bearer key."""
+    from dlaas.settings import ClientSettings
+
+    given = {"api_key": args.api_key} if args.api_key else {}
+    key = ClientSettings(**given).api_key
+    return key.get_secret_value() if key is not None else None
+
+
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="manage API keys (docs/security.md)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    add = keys_sub.add_parser("add", help="make a key for OWNER; prints it once")
+    add.add_argument("owner", metavar="OWNER")
+    add.add_argument("--role", choices=["user", "admin"], default="user")
+    listing = keys_sub.add_parser("list", help="owners, roles and key counts (never a key)")
+    revoke = keys_sub.add_parser("revoke", help="remove every key of OWNER")
+    revoke.add_argument("owner", metavar="OWNER")
+    for parser in (add, listing, revoke):
+        parser.add_argument("--file", default=None, help="the keys file [env DLAAS_API_KEYS_FILE]")
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from dlaas.keys import add_key, read_keys, revoke_owner
+
+    path = load_settings(api_keys_file=args.file).api_keys_file
+    if path is None:
+        raise ConfigError("name the keys file: --file PATH, or DLAAS_API_KEYS_FILE")
+    if args.keys_command == "add":
+        key = add_key(path, args.owner, args.role)
+        print(key)
+        print(
+            f"added a key ({args.role}) for {args.owner} to {path}; this is the only time the key"
+            " is shown",
+            file=sys.stderr,
+        )
+        return 0
+    if args.keys_command == "revoke":
+        gone = revoke_owner(path, args.owner)
+        if not gone:
+            raise ConfigError(f"{args.owner} has no keys in {path}")
+        print(f"revoked {gone} key(s) of {args.owner}", file=sys.stderr)
+        return 0
+    counts: dict[tuple[str, str], int] = {}
+    for entry in read_keys(path):
+        counts[entry.owner, entry.role] = counts.get((entry.owner, entry.role), 0) + 1
+    for (owner, role), n in sorted(counts.items()):
+        print(f"{owner}\t{role}\t{n} key{'s' if n > 1 else ''}")
+    return 0

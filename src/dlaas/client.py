@@ -15,11 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dlaas.errors import ApiError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-
-
-class ClientError(Exception):
-    """The service refused the upload or could not be reached."""
 
 
 def collect_files(paths: Sequence[str]) -> list[Path]:
@@ -36,9 +34,9 @@ def collect_files(paths: Sequence[str]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise ClientError(f"{raw}: no such file or folder")
+            raise ApiError(f"{raw}: no such file or folder")
     if not found:
-        raise ClientError("no images found in the given paths")
+        raise ApiError("no images found in the given paths")
     return found
 
 
@@ -69,7 +67,7 @@ def upload(
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     if response.status_code != 202:
-        raise ClientError(_describe_error(response))
+        raise ApiError(_describe_error(response))
     return dict(response.json())
 
 
@@ -81,7 +79,7 @@ def follow(
     with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
         if response.status_code != 200:
             response.read()
-            raise ClientError(_describe_error(response))
+            raise ApiError(_describe_error(response))
         event = ""
         for line in response.iter_lines():
             if line.startswith("event:"):
@@ -96,12 +94,25 @@ def follow(
     return list(results.values())
 
 
-def run_classify(paths: Sequence[str], *, url: str, output: str | None, timeout_s: float) -> int:
+def run_classify(
+    paths: Sequence[str],
+    *,
+    url: str,
+    output: str | None,
+    timeout_s: float,
+    api_key: str | None = None,
+    wait: bool = True,
+) -> int:
+    """Upload, then follow the job to its end; with ``wait=False`` print its ID and return."""
     console = Console(stderr=True)
     try:
         files = collect_files(paths)
         with (
-            httpx.Client(base_url=url, timeout=httpx.Timeout(timeout_s, connect=10.0)) as client,
+            httpx.Client(
+                base_url=url,
+                timeout=httpx.Timeout(timeout_s, connect=10.0),
+                headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+            ) as client,
             Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -113,9 +124,16 @@ def run_classify(paths: Sequence[str], *, url: str, output: str | None, timeout_
         ):
             up = progress.add_task("uploading", total=len(files))
             job = upload(client, files, progress, up)
+            if not wait:
+                progress.stop()
+                print(job["job_id"])
+                console.print(
+                    f"queued {len(job['images'])} images; dlaas jobs show {job['job_id']}"
+                )
+                return 0
             done = progress.add_task("classifying", total=len(job["images"]))
             results = follow(client, job["job_id"], progress, done)
-    except (ClientError, httpx.HTTPError) as exc:
+    except (ApiError, httpx.HTTPError) as exc:
         console.print(f"[red]dlaas classify: {exc}[/red]")
         return 2
     order = {image["image_id"]: n for n, image in enumerate(job["images"])}
@@ -158,7 +176,7 @@ def write_results(results: Sequence[dict[str, Any]], path: Path) -> None:
         path.write_text(json.dumps(list(results), indent=2))
         return
     if path.suffix.lower() != ".csv":
-        raise ClientError(f"--output must end in .csv or .json, not {path.suffix!r}")
+        raise ApiError(f"--output must end in .csv or .json, not {path.suffix!r}")
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         header = ["filename", "image_id", "status", "error"]

@@ -44,6 +44,13 @@ class ScalingError(DlaasError):
     """The controller or a launcher failed."""
 
 
+class ApiError(DlaasError):
+    """The client's request was refused by the service, or the service could not be reached.
+
+    Not ``ClientError``: that name is botocore's, and both appear in the same tracebacks.
+    """
+
+
 class WebError(DlaasError):
     """A request was refused; carries the HTTP status and a user-facing detail."""
 

@@ -7,14 +7,19 @@ then reads no result file, and the worker writes none.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-ResultStatus = Literal["done", "failed"]
-ReplyStatus = Literal["classifying", "done", "failed"]
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+ResultStatus = Literal["done", "failed", "cancelled"]
+ReplyStatus = Literal["classifying", "done", "failed", "cancelled"]
+SCORES_DTYPE = "<f4"  # numpy's name for the dtype of a result record's ``probabilities``
 WorkerHealth = Literal["starting", "idle", "busy", "stopped"]
 """``state`` in a worker's record at ``worker_key``. A worker asked to drain keeps
 reporting ``idle`` or ``busy`` until it exits (``stopped``, with an ``exit_reason``):
@@ -24,6 +29,29 @@ draining is what a launcher sees (``WorkerState.DRAINING``), never what a worker
 def new_id() -> str:
     """A 32-hex-character random ID, safe as a storage-key segment."""
     return uuid.uuid4().hex
+
+
+def new_job_id() -> str:
+    """A 32-hex job ID that starts with its creation time (the UUIDv7 layout).
+
+    IDs then sort by age, so ``GET /v1/jobs`` pages newest first and the janitor tells a
+    job's age from its keys alone, without reading its manifest.
+    """
+    ms = int(time.time() * 1000) & (2**48 - 1)
+    rand = uuid.uuid4().int
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 64) & 0xFFF) << 64
+    value |= (0b10 << 62) | (rand & (2**62 - 1))
+    return f"{value:032x}"
+
+
+def job_created_at(job_id: str) -> float | None:
+    """Creation time (epoch s) of an ID from ``new_job_id``; None for older random IDs."""
+    if len(job_id) != 32 or job_id[12] != "7" or job_id[16] not in "89ab":
+        return None
+    try:
+        return int(job_id[:12], 16) / 1000.0
+    except ValueError:
+        return None
 
 
 def input_key(job_id: str, image_id: str) -> str:
@@ -40,6 +68,16 @@ def results_prefix(job_id: str) -> str:
 
 def manifest_key(job_id: str) -> str:
     return f"jobs/{job_id}.json"
+
+
+def cancel_key(job_id: str) -> str:
+    """Present = the job is cancelled (``{"purged": bool}``); workers skip its messages."""
+    return f"cancelled/{job_id}.json"
+
+
+def webhook_key(job_id: str) -> str:
+    """A completion webhook still owed for the job (the outbox record)."""
+    return f"webhooks/{job_id}.json"
 
 
 def worker_key(worker_id: str) -> str:
@@ -65,6 +103,9 @@ class Task:
     # Send the result record inside the reply and store no result file: a synchronous
     # call answers from the reply; its web process stores the record only if nobody waits.
     inline_result: bool = False
+    # Also send every class's score (``result_record``'s ``probabilities``): the Open
+    # Inference Protocol's FP32 output, and its classification extension past the top-k.
+    probabilities: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -80,6 +121,7 @@ class Task:
             enqueued_at=float(data.get("enqueued_at", 0.0)),
             progress=bool(data.get("progress", False)),
             inline_result=bool(data.get("inline_result", False)),
+            probabilities=bool(data.get("probabilities", False)),
         )
 
 
@@ -112,7 +154,7 @@ class Reply:
     def from_json(cls, body: str) -> Reply:
         data = json.loads(body)
         status = data["status"]
-        if status not in ("classifying", "done", "failed"):
+        if status not in ("classifying", "done", "failed", "cancelled"):
             raise ValueError(f"unknown reply status {status!r}")
         return cls(
             job_id=str(data["job_id"]),
@@ -139,8 +181,14 @@ def result_record(
     timings_ms: dict[str, float] | None = None,
     enqueued_at: float | None = None,
     received_at: float | None = None,
+    probabilities: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON stored at ``result_key``: top-k predictions or the failure reason."""
+    """The JSON stored at ``result_key``: top-k predictions or the failure reason.
+
+    ``probabilities``, only when the task asked for them: every class's softmax score as
+    base64 of little-endian float32 (``SCORES_DTYPE``), 5.3 kB for 1,000 classes.
+    """
+    extra = {} if probabilities is None else {"probabilities": probabilities}
     return {
         "job_id": job_id,
         "image_id": image_id,
@@ -153,7 +201,18 @@ def result_record(
         "enqueued_at": enqueued_at,
         "received_at": received_at,  # when the worker took the message off the queue
         "completed_at": time.time(),
+        **extra,
     }
+
+
+def pack_scores(scores: NDArray[Any]) -> str:
+    """One image's class scores as a result record's ``probabilities`` (base64 float32)."""
+    return base64.b64encode(scores.astype(SCORES_DTYPE).tobytes()).decode("ascii")
+
+
+def unpack_scores(text: str) -> bytes:
+    """``probabilities`` back to raw little-endian float32 bytes, 4 per class."""
+    return base64.b64decode(text)
 
 
 def short_label(label: str) -> str:

@@ -7,70 +7,23 @@ built once at start-up and passed down; nothing else reads ``os.environ``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dlaas.defaults import BATCH_SIZE, TARGET_BACKLOG_PER_WORKER
+from dlaas.defaults import (
+    BATCH_SIZE,
+    MAX_RECEIVES,
+    QUEUE_NAME,
+    TARGET_BACKLOG_PER_WORKER,
+    cpu_count,
+)
 from dlaas.errors import ConfigError
-
-COMMON = (
-    "data_dir", "storage", "queue", "queue_name", "s3_endpoint_url", "s3_addressing_style",
-    "sqs_endpoint_url", "aws_region", "log_level",
-)  # fmt: skip
-MODEL = (
-    "model_dir", "model", "labels", "input_size", "resize_size", "mean", "std", "layout",
-)  # fmt: skip
-WORKER = (
-    "batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
-    "max_receives", "intra_op_threads", "worker_id", "parent_pid",
-)  # fmt: skip
-WEB = (
-    "host", "port", "max_upload_mb", "max_pixels", "max_files_per_job", "max_backlog",
-    "classify_timeout_s",
-)  # fmt: skip
-SCALING = (
-    "workers", "min_workers", "max_workers", "target_backlog_per_worker", "upscale_delay_s",
-    "downscale_delay_s", "max_message_age_s", "scale_interval_s", "launcher",
-)  # fmt: skip
-
-AWS = (
-    "cluster_name", "asg_name", "ec2_launch_template", "ec2_image_id", "ec2_instance_type",
-    "ec2_subnet_id", "ec2_security_group_ids", "ec2_instance_profile", "worker_package",
-)  # fmt: skip
-
-# What each command shows in --help, and what travels to a worker as DLAAS_* variables.
-GROUPS = {
-    "storage and queue": COMMON,
-    "model": MODEL,
-    "worker": WORKER,
-    "web": WEB,
-    "scaling": SCALING,
-    "AWS launchers": AWS,
-}
-
-
-# The tuning a worker on another machine shares with the controller that starts it.
-REMOTE_WORKER = (
-    "queue_name", "batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
-    "max_receives", "intra_op_threads",
-)  # fmt: skip
-
-
-STORAGE_SCHEMES = ("file", "memory", "s3")
-QUEUE_SCHEMES = ("sqlite", "memory", "sqs", "https")
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+from dlaas.setting_groups import BUILTIN_MODELS, QUEUE_SCHEMES, RGB, STORAGE_SCHEMES
 
 
 class Settings(BaseSettings):
@@ -88,9 +41,10 @@ class Settings(BaseSettings):
     )
     queue: str | None = Field(
         None,
-        description="sqlite:///path/queue.db or sqs://name (default <data-dir>/queue.db)",
+        description="sqlite:///path/queue.db, sqs://name or redis://host:6379/0?stream=name"
+        " (default <data-dir>/queue.db)",
     )
-    queue_name: str = Field("dlaas-input", description="name of the input queue")
+    queue_name: str = Field(QUEUE_NAME, description="name of the input queue")
     s3_endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint (SeaweedFS, MinIO); default: AWS"
     )
@@ -117,6 +71,33 @@ class Settings(BaseSettings):
         30.0, gt=0, description="default wait of the synchronous endpoints"
     )
 
+    # Security and tenancy (docs/security.md).
+    api_keys_file: Path | None = Field(
+        None,
+        description="file of API keys (OWNER ROLE SHA256 per line; dlaas keys add writes it);"
+        " without it every request is the owner 'anonymous'",
+    )
+    allow_anonymous: bool = Field(
+        False, description="accept a non-loopback --host without --api-keys-file (at your risk)"
+    )
+    rate_limit_per_owner: float | None = Field(
+        None, gt=0, description="requests per second each owner may make, e.g. 20 or 20/s"
+    )
+    rate_limit_burst: int | None = Field(
+        None, ge=1, description="requests an owner may make at once (default: 2 s of the rate)"
+    )
+    max_backlog_per_owner: int | None = Field(
+        None,
+        ge=1,
+        description="refuse an owner's uploads with 429 while this many of its"
+        " images wait or are being classified",
+    )
+    cors_origins: str | None = Field(
+        None,
+        description="comma-separated origins allowed to call the API from a browser"
+        " (default: none, CORS off)",
+    )
+
     # Workers.
     workers: int | None = Field(
         None, ge=0, description="fixed (non-elastic) mode: run exactly N local workers"
@@ -134,7 +115,7 @@ class Settings(BaseSettings):
         30.0, ge=1, description="how long a received message stays hidden; heartbeats extend it"
     )
     max_receives: int = Field(
-        5, ge=1, description="deliveries before a message goes to the dead-letter queue"
+        MAX_RECEIVES, ge=1, description="deliveries before a message goes to the dead-letter queue"
     )
     intra_op_threads: int = Field(
         1, ge=1, description="ONNX Runtime threads per worker (one worker per core scales better)"
@@ -150,19 +131,31 @@ class Settings(BaseSettings):
 
     # Model.
     model_dir: Path | None = Field(None, description="model cache (default <data-dir>/models)")
-    model: Path | None = Field(
-        None, description="bring your own ONNX classifier instead of EfficientNet-Lite0"
+    model: str | None = Field(
+        None,
+        description="efficientnet-lite0 (the default), efficientnet-lite0-int8, or the path of"
+        " your own ONNX classifier (with --labels)",
     )
-    labels: Path | None = Field(None, description="labels file for --model, one class per line")
+    labels: Path | None = Field(
+        None, description="labels file for your own --model file, one class per line"
+    )
+    calibration_dir: Path | None = Field(
+        None,
+        description="efficientnet-lite0-int8: photos to calibrate on when it is built"
+        " (default: scikit-image's sample photos, if it is installed)",
+    )
     input_size: int = Field(224, gt=0, description="--model preprocessing: crop size")
     resize_size: int = Field(
         256, gt=0, description="--model preprocessing: short side before the centre crop"
     )
-    mean: str = Field(
-        "127,127,127", description="--model preprocessing: per-channel mean on 0..255 pixels"
+    # Lists are written comma-separated on the command line and in DLAAS_*, parsed once here.
+    mean: Annotated[RGB, NoDecode] = Field(
+        (127.0, 127.0, 127.0),
+        description="--model preprocessing: per-channel mean on 0..255 pixels, like 127,127,127",
     )
-    std: str = Field(
-        "128,128,128", description="--model preprocessing: per-channel std on 0..255 pixels"
+    std: Annotated[RGB, NoDecode] = Field(
+        (128.0, 128.0, 128.0),
+        description="--model preprocessing: per-channel std on 0..255 pixels, like 128,128,128",
     )
     layout: Literal["NCHW", "NHWC"] = Field(
         "NCHW", description="--model preprocessing: input layout"
@@ -171,7 +164,7 @@ class Settings(BaseSettings):
     # Autoscaling.
     min_workers: int = Field(0, ge=0, description="elastic mode: fewest workers")
     max_workers: int = Field(
-        default_factory=_cpu_count, ge=1, description="elastic mode: most workers"
+        default_factory=cpu_count, ge=1, description="elastic mode: most workers"
     )
     target_backlog_per_worker: int = Field(
         TARGET_BACKLOG_PER_WORKER,
@@ -201,8 +194,8 @@ class Settings(BaseSettings):
     ec2_image_id: str | None = Field(None, description="ec2: AMI of the worker instances")
     ec2_instance_type: str | None = Field(None, description="ec2: instance type, e.g. c7i.large")
     ec2_subnet_id: str | None = Field(None, description="ec2: subnet of the worker instances")
-    ec2_security_group_ids: str | None = Field(
-        None, description="ec2: comma-separated security group IDs"
+    ec2_security_group_ids: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="ec2: comma-separated security group IDs"
     )
     ec2_instance_profile: str | None = Field(
         None, description="ec2: IAM instance profile name of the workers"
@@ -211,21 +204,61 @@ class Settings(BaseSettings):
         "dlaas[aws]", description="ec2: what the workers' user data pip-installs"
     )
 
+    # Job lifecycle (docs/api.md): retention, and completion webhooks.
+    keep_inputs: bool = Field(
+        False, description="keep each uploaded image after its result is written"
+    )
+    retention_h: float = Field(
+        168.0,
+        ge=0,
+        description="remove jobs (inputs, results, manifest) older than this; 0 keeps all",
+    )
+    janitor_interval_s: float = Field(
+        300.0, gt=0, description="how often the retention janitor sweeps the store"
+    )
+    webhook_allow_hosts: str = Field(
+        "",
+        description="comma-separated hosts completion webhooks may go to (*.example.com, or *"
+        " for any public host); empty turns callback_url off",
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key that signs each completion webhook"
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, description="deliveries of one webhook before it is given up"
+    )
+    webhook_backoff_s: float = Field(
+        2.0, gt=0, description="wait before the first webhook retry; doubles after each"
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("mean", "std")
+    @field_validator("mean", "std", mode="before")
     @classmethod
-    def _three_floats(cls, value: str) -> str:
-        parts = value.split(",")
+    def _three_floats(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
         try:
-            floats = [float(p) for p in parts]
+            floats = [float(p) for p in value.split(",")]
         except ValueError:
             floats = []
         if len(floats) != 3:
             raise ValueError(
                 f"expected three comma-separated numbers like 127,127,127, got {value!r}"
             )
-        return value
+        return tuple(floats)
+
+    @field_validator("ec2_security_group_ids", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return [] if value is None else value
+
+    @field_validator("rate_limit_per_owner", mode="before")
+    @classmethod
+    def _per_second(cls, value: object) -> object:
+        return value.strip().removesuffix("/s") if isinstance(value, str) else value
 
     @field_validator("storage")
     @classmethod
@@ -243,8 +276,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"--min-workers ({self.min_workers}) is above --max-workers ({self.max_workers})"
             )
-        if (self.model is None) != (self.labels is None):
-            raise ValueError("--model and --labels go together: give both or neither")
+        if self.model_path is not None and self.labels is None:
+            raise ValueError(
+                f"--model and --labels go together: {self.model} needs its labels file (or"
+                f" name a built-in model: {', '.join(BUILTIN_MODELS)})"
+            )
+        if self.labels is not None and self.model_path is None:
+            raise ValueError(
+                "--model and --labels go together: --labels needs --model FILE"
+                if self.model is None
+                else f"--labels is for your own --model file; {self.model} brings its own labels"
+            )
         if self.launcher == "asg" and not self.asg_name:
             raise ValueError("--launcher asg needs --asg-name (the workers' Auto Scaling group)")
         if self.launcher == "ec2" and not (self.ec2_launch_template or self.ec2_image_id):
@@ -261,16 +303,30 @@ class Settings(BaseSettings):
         return self.queue or f"sqlite://{(self.data_dir / 'queue.db').resolve()}"
 
     @property
+    def model_path(self) -> Path | None:
+        """The user's own ONNX file, or None for a built-in model."""
+        if self.model is None or self.model in BUILTIN_MODELS:
+            return None
+        return Path(self.model)
+
+    @property
+    def builtin_model(self) -> str | None:
+        """The built-in model to serve (EfficientNet-Lite0 unless --model names another)."""
+        if self.model_path is not None:
+            return None
+        return self.model or BUILTIN_MODELS[0]
+
+    @property
     def model_cache_dir(self) -> Path:
         return self.model_dir or self.data_dir / "models"
 
     @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in (self.cors_origins or "").split(",") if o.strip()]
 
     @property
-    def backlog_target(self) -> int:
-        return self.target_backlog_per_worker
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
     def to_env(self, fields: Iterable[str]) -> dict[str, str]:
         """``fields`` as their ``DLAAS_*`` twins, unset ones left out: how settings travel to
@@ -278,7 +334,12 @@ class Settings(BaseSettings):
         env = {}
         for name in fields:
             value = getattr(self, name)
-            if value is not None:
+            if isinstance(value, tuple | list):
+                if value:
+                    env[f"DLAAS_{name.upper()}"] = ",".join(
+                        f"{v:g}" if isinstance(v, float) else str(v) for v in value
+                    )
+            elif value is not None:
                 env[f"DLAAS_{name.upper()}"] = str(value)
         return env
 
@@ -296,6 +357,16 @@ class Settings(BaseSettings):
         if urlparse(self.queue_url).scheme in ("sqs", "https"):
             options.update(endpoint_url=self.sqs_endpoint_url, region=self.aws_region)
         return options
+
+
+class ClientSettings(BaseSettings):
+    """What ``dlaas classify`` reads from the environment: the service's settings stay apart."""
+
+    model_config = SettingsConfigDict(env_prefix="DLAAS_", extra="ignore", frozen=True)
+
+    api_key: SecretStr | None = Field(
+        None, description="the API key to send (as Authorization: Bearer)"
+    )
 
 
 def _check_scheme(value: str | None, schemes: tuple[str, ...], what: str) -> str | None:

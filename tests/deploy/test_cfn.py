@@ -16,6 +16,7 @@ from dlaas.aws.userdata import render_user_data
 from dlaas.queue import open_queue
 from dlaas.queue.sqs import SqsQueue
 from dlaas.scaling.launchers.asg import AsgLauncher
+from dlaas.settings import Settings
 from dlaas.storage import open_storage
 
 from ..aws.servers import (  # noqa: F401 - fixtures
@@ -36,6 +37,8 @@ SAMPLE = {
     "ClusterName": "dlaas",
     "WebPort": "8000",
     "MaxWorkers": "10",
+    "RetentionDays": "7",
+    "ApiKeysParameter": "/dlaas/api-keys",
 }
 
 
@@ -142,6 +145,25 @@ def test_bucket_is_private_encrypted_and_expires_inputs() -> None:
     assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
     prefixes = {r.get("Prefix") for r in props["LifecycleConfiguration"]["Rules"]}
     assert "dlaas/inputs/" in prefixes
+
+
+def test_the_bucket_rule_and_the_janitor_share_the_default_retention(tmp_path: Path) -> None:
+    template = load_template()
+    (bucket,) = resources(template, "AWS::S3::Bucket").values()
+    rules = {r["Id"]: r for r in bucket["Properties"]["LifecycleConfiguration"]["Rules"]}
+    rule = rules["expire-jobs"]
+    assert rule["Prefix"] == "dlaas/"  # the whole store: inputs, results, manifests, markers
+    assert rule["ExpirationInDays"] == {"Ref": "RetentionDays"}
+    days = int(template["Parameters"]["RetentionDays"]["Default"])
+    assert days * 24 == Settings.model_fields["retention_h"].default
+    # the web instance's controller gets the same retention, in hours
+    (web,) = resources(template, "AWS::EC2::Instance").values()
+    script = substitute(user_data_sub(web["Properties"]["UserData"]), SAMPLE)
+    env = tmp_path / "web.env"
+    line = next(x for x in script.splitlines() if "DLAAS_RETENTION_H" in x).strip()
+    shell = line.replace("/etc/dlaas/web.env", str(env))
+    subprocess.run(["bash", "-c", shell], check=True)
+    assert env.read_text().strip() == "DLAAS_RETENTION_H=168"
 
 
 def test_worker_group_starts_at_zero_and_leaves_desired_capacity_to_the_controller() -> None:

@@ -71,7 +71,11 @@ def test_a_dead_letter_queue_keeps_its_messages() -> None:
 @pytest.mark.parametrize(
     ("url", "options", "match"),
     [
-        ("redis://localhost/0", {}, "accepted schemes: memory://, sqlite://, sqs://, https://"),
+        (
+            "amqp://localhost/0",
+            {},
+            "accepted schemes: memory://, sqlite://, sqs://, https://, redis://, rediss://",
+        ),
         ("memory://b?name=bad name", {}, "queue name 'bad name' is invalid"),
         ("memory://b?name=" + "x" * 81, {}, "is invalid"),
         ("memory://b", {"max_receives": 0}, "max_receives must be a whole number >= 1"),

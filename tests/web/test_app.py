@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -245,8 +246,13 @@ def test_results_are_stored_under_the_documented_layout(
     body = client.post("/v1/jobs", files=files(small_jpeg)).json()
     wait_complete(client, body["job_id"])
     image_id = body["images"][0]["image_id"]
-    assert service.storage.exists(protocol.input_key(body["job_id"], image_id))
     assert service.storage.exists(protocol.result_key(body["job_id"], image_id))
+    # the input goes once its result is stored (unless --keep-inputs)
+    for _ in range(100):
+        if not service.storage.exists(protocol.input_key(body["job_id"], image_id)):
+            break
+        time.sleep(0.05)
+    assert not service.storage.exists(protocol.input_key(body["job_id"], image_id))
     manifest = service.storage.get_json(protocol.manifest_key(body["job_id"]))
     assert manifest["images"][0]["filename"] == "img0.jpg"
 

@@ -17,6 +17,8 @@ from playwright.sync_api import Browser, ConsoleMessage, expect, sync_playwright
 from prometheus_client.parser import text_string_to_metric_families
 
 from dlaas import protocol
+from dlaas.keys import add_key
+from dlaas.model import ModelSpec
 from tests.conftest import need
 from tests.support import ServeProcess
 
@@ -271,3 +273,87 @@ def test_200_images_through_the_page_and_the_workers_rise_and_fall(
         assert errors == []
     finally:
         assert serve.stop() == 0, serve.log()
+
+
+def test_with_keys_on_the_page_asks_for_a_key_then_uploads_and_shows_results(
+    browser: Browser, tiny_spec: ModelSpec, photo: Callable[[str], bytes], tmp_path: Path
+) -> None:
+    keys_file = tmp_path / "keys"
+    key = add_key(keys_file, "alice")
+    labels = tiny_spec.onnx_path.parent / "labels.txt"
+    serve = ServeProcess(
+        tmp_path / "serve",
+        [
+            "--model", str(tiny_spec.onnx_path), "--labels", str(labels),
+            "--api-keys-file", str(keys_file), "--max-workers", "1",
+        ],
+    )  # fmt: skip
+    try:
+        serve.wait_ready()
+        uploads = write_photos(tmp_path, photo, ["chelsea", "coffee"])
+        errors: list[str] = []
+        urls: list[str] = []
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on(
+            "console", lambda m: errors.append(m.text) if m.type in ("error", "warning") else None
+        )
+        page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+        page.on("request", lambda request: urls.append(request.url))
+        response = page.goto(serve.url + "/")
+        assert response is not None
+        csp = response.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+
+        # The page asks for the key, and says so when a wrong one is given...
+        form = page.locator("#key-form")
+        expect(form).to_be_visible()
+        page.fill("#key-input", "dlaas_not-a-real-key")
+        page.keyboard.press("Enter")
+        expect(page.locator("#key-error")).to_contain_text("not accepted")
+        page.fill("#key-input", key)
+        page.locator("#key-form button[type=submit]").click()
+        expect(form).to_be_hidden()
+        expect(page.locator("#identity-owner")).to_have_text("alice (user)")
+        assert page.evaluate("sessionStorage.getItem('dlaas-api-key')") == key
+
+        # ...then uploads with it and streams the results in.
+        page.set_input_files("#file-input", [str(p) for p in uploads])
+        expect(page.locator('.card[data-state="done"]')).to_have_count(2, timeout=60_000)
+        for card in page.locator(".card").all():
+            expect(card.locator(".pred")).to_have_count(5)
+        # A user key sees no scaling stats: the page does not ask for them.
+        expect(page.locator("#live")).to_have_attribute("data-state", "down")
+
+        # The key survives a reload of the tab.
+        page.reload()
+        expect(page.locator("#identity-owner")).to_have_text("alice (user)")
+        expect(form).to_be_hidden()
+        page.close()
+
+        assert [u for u in urls if not u.startswith((serve.url + "/", f"blob:{serve.url}/"))] == []
+        assert not any("/v1/stats" in u for u in urls)
+        assert errors == [], errors  # a CSP violation would show here
+    finally:
+        assert serve.stop() == 0, serve.log()
+    assert key not in serve.log()
+
+
+def test_api_docs_load_from_this_server_only(browser: Browser, server: ServeProcess) -> None:
+    errors: list[str] = []
+    urls: list[str] = []
+    page = browser.new_page()
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on("request", lambda request: urls.append(request.url))
+    page.goto(server.url + "/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("dlaas")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    # Opening an operation draws its schemas and examples; the CSP must allow all of it.
+    page.locator(".opblock-summary").first.click()
+    page.locator(".try-out__btn").first.click()
+    expect(page.locator(".opblock-body").first).to_be_visible()
+    page.wait_for_timeout(500)
+    page.close()
+    assert [u for u in urls if not u.startswith(server.url + "/")] == []
+    assert errors == [], errors

@@ -65,6 +65,21 @@ def test_classify_answers_from_the_reply_and_stores_no_result(
         svc.close()
 
 
+def test_a_sync_result_shows_each_hop_of_its_trip(tiny_spec: ModelSpec, small_jpeg: bytes) -> None:
+    svc = Service(tiny_spec)
+    try:
+        with TestClient(svc.app) as client:
+            response = client.post("/v1/classify", files={"file": ("a.jpg", small_jpeg)})
+        timings = response.json()["timings_ms"]
+        hops = ("web_in", "queue_wait", "worker", "reply", "web_out")
+        assert all(timings[hop] >= 0 for hop in (*hops, "web_total")), timings
+        # The hops follow one another: together they fill the web tier's total, no more.
+        assert sum(timings[hop] for hop in hops) <= timings["web_total"] + 0.01, timings
+        assert timings["worker"] >= timings["decode"] + timings["infer_batch"], timings
+    finally:
+        svc.close()
+
+
 def test_bodies_off_the_fast_path_still_classify(tiny_spec: ModelSpec, small_jpeg: bytes) -> None:
     svc = Service(tiny_spec)
     try:

@@ -1,12 +1,14 @@
 """Image classification: EfficientNet-Lite0 built offline from its weights, run by ONNX Runtime.
 
-``ensure_model`` converts the weights once into a cache directory; ``Classifier`` decodes
-images and scores batches. See docs/model.md.
+``ensure_model`` converts the weights once into a cache directory, ``ensure_quantized_model``
+derives the int8 model from that build; ``Classifier`` decodes images and scores batches.
+See docs/model.md.
 """
 
 from dlaas.model.cache import ensure_model
 from dlaas.model.classifier import Classifier
 from dlaas.model.custom import load_custom_model
+from dlaas.model.quantize import INT8_NAME, ensure_quantized_model
 from dlaas.model.spec import ModelSpec, Prediction, Preprocessing
 
 TYPE_CHECKING = False
@@ -24,11 +26,13 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "INT8_NAME",
     "Classifier",
     "ModelSpec",
     "Prediction",
     "Preprocessing",
     "build_tiny_model",
     "ensure_model",
+    "ensure_quantized_model",
     "load_custom_model",
 ]

@@ -68,7 +68,7 @@ def ensure_model(cache_dir: Path, *, force: bool = False) -> ModelSpec:
         if spec is not None:
             return spec
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache_dir / f".{MODEL_NAME}.lock"):
+    with exclusive_lock(cache_dir / f".{MODEL_NAME}.lock"):
         if not force:  # another process may have built it while we waited for the lock
             spec = load_cached(target, weights)
             if spec is not None:
@@ -105,10 +105,10 @@ def _read_build(target: Path, weights: Path) -> ModelSpec:
             f"built by builder version {manifest.get('builder_version')}, not {BUILDER_VERSION}"
         )
     fingerprints = manifest.get("fingerprints", {})
-    if not _unchanged(weights, manifest["weights"]["sha256"], fingerprints.get("weights")):
+    if not unchanged(weights, manifest["weights"]["sha256"], fingerprints.get("weights")):
         raise _Stale("the installed weights file differs from the one it was built from")
     model_file = target / MODEL_FILE
-    if not model_file.is_file() or not _unchanged(
+    if not model_file.is_file() or not unchanged(
         model_file, manifest["model_sha256"], fingerprints.get("model")
     ):
         raise _Stale("model.onnx is missing or changed since the build")
@@ -123,18 +123,19 @@ def _read_build(target: Path, weights: Path) -> ModelSpec:
     )
 
 
-def _fingerprint(path: Path) -> list[int]:
+def fingerprint(path: Path) -> list[int]:
+    """Size and mtime: a rewrite changes them, and reading them costs a stat."""
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
 
 
-def _unchanged(path: Path, sha256: str, fingerprint: list[int] | None) -> bool:
+def unchanged(path: Path, sha256: str, recorded: list[int] | None) -> bool:
     """Whether ``path`` still has ``sha256``; hashed only if its size or mtime moved.
 
     Hashing the weights and the model (about 38 MB) costs ~100 ms, which every worker
     would pay at start; the stat check costs microseconds and catches any rewrite.
     """
-    if fingerprint is not None and _fingerprint(path) == list(fingerprint):
+    if recorded is not None and fingerprint(path) == list(recorded):
         return True
     return sha256_file(path) == sha256
 
@@ -180,8 +181,8 @@ def build_model(target: Path, weights: Path) -> None:
             },
             "output": {"name": efficientnet.OUTPUT_NAME, "kind": "logits"},
             "fingerprints": {
-                "weights": _fingerprint(weights),
-                "model": _fingerprint(staging / MODEL_FILE),
+                "weights": fingerprint(weights),
+                "model": fingerprint(staging / MODEL_FILE),
             },
             "num_classes": len(labels),
             "preprocessing": preprocessing.to_dict(),
@@ -190,7 +191,7 @@ def build_model(target: Path, weights: Path) -> None:
         }
         # The manifest goes last: a directory without one is never taken for a build.
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
-        _swap_into_place(staging, target)
+        swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -200,10 +201,11 @@ def build_model(target: Path, weights: Path) -> None:
     )
 
 
-def _swap_into_place(staging: Path, target: Path) -> None:
+def swap_into_place(staging: Path, target: Path) -> None:
+    """Replace ``target`` with ``staging`` by renames, so readers see the old or the new."""
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-old-", dir=target.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
         os.rename(target, old / "previous")
     os.rename(staging, target)
     if old is not None:
@@ -211,7 +213,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
     """An advisory lock across processes; released when the holder exits, even by a crash."""
     with path.open("a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)

@@ -73,10 +73,17 @@ class Classifier:
 
     def predict(self, batch: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
         """Top-k classes per image, best first, with softmax scores."""
+        return self.predict_with_scores(batch, top_k)[0]
+
+    def predict_with_scores(
+        self, batch: np.ndarray, top_k: int = 5
+    ) -> tuple[list[list[Prediction]], np.ndarray]:
+        """``predict``'s answer and every class's softmax score, ``(batch, classes)`` float32,
+        from the one forward pass (the Open Inference Protocol's probabilities output)."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if len(batch) == 0:
-            return []
+            return [], np.zeros((0, len(self.labels)), dtype=np.float32)
         probabilities = softmax(self.logits(batch))
         k = min(top_k, probabilities.shape[1])
         top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
@@ -84,7 +91,7 @@ class Classifier:
         for row, ids in zip(probabilities, top, strict=True):
             ranked = ids[np.argsort(-row[ids], kind="stable")]
             results.append([Prediction(int(i), self.labels[int(i)], float(row[i])) for i in ranked])
-        return results
+        return results, probabilities.astype(np.float32)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,10 +1,12 @@
-"""Message queues with SQS semantics, chosen by URL: ``memory://``, ``sqlite://``, ``sqs://``."""
+"""Message queues with SQS semantics, chosen by URL: ``memory://``, ``sqlite://``, ``sqs://``,
+``redis://``."""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from dlaas.defaults import QUEUE_NAME
 from dlaas.errors import ConfigError, QueueError
 from dlaas.queue.base import (
     DEFAULT_MAX_RECEIVES,
@@ -29,8 +31,8 @@ __all__ = [
     "validate_queue_name",
 ]
 
-ACCEPTED_SCHEMES = ("memory", "sqlite", "sqs", "https")
-DEFAULT_QUEUE_NAME = "dlaas-input"
+ACCEPTED_SCHEMES = ("memory", "sqlite", "sqs", "https", "redis", "rediss")
+DEFAULT_QUEUE_NAME = QUEUE_NAME
 
 
 def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
@@ -40,6 +42,8 @@ def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
     - ``sqlite:///abs/path/queue.db`` or ``sqlite://relative/queue.db``: one file, many
       queues, safe across processes. Extra options: ``poll_interval_s``, ``busy_timeout_s``.
     - ``sqs://NAME`` or ``https://sqs.REGION.amazonaws.com/ACCOUNT/NAME``: needs dlaas[aws].
+    - ``redis://[:PASSWORD@]HOST:PORT/DB?stream=NAME`` (``rediss://`` for TLS): Redis
+      Streams; needs dlaas[redis]. Extra option: ``reconnect_timeout_s``.
 
     Every backend takes ``max_receives`` (default 5): deliveries before dead-lettering.
     """
@@ -57,6 +61,8 @@ def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
             ) from exc
         queue: Queue = SqsQueue.from_url(url, name=name, **options)
         return queue
+    if scheme in ("redis", "rediss"):
+        return _open_redis(url, name, options)
     if scheme not in ("memory", "sqlite"):
         accepted = ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES)
         raise ConfigError(f"unknown queue URL {url!r}; accepted schemes: {accepted}")
@@ -92,6 +98,21 @@ def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
         return SqliteQueue(path, queue_name, max_receives=max_receives, **options)
     except QueueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _open_redis(url: str, name: str | None, options: dict[str, Any]) -> Queue:
+    try:
+        from dlaas.queue.redis import RedisQueue
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis":
+            raise
+        raise ConfigError(
+            f"queue URL {url!r} needs the redis client, which is not installed; "
+            "install dlaas[redis] (pip install 'dlaas[redis]')"
+        ) from exc
+    max_receives = check_max_receives(options.pop("max_receives", DEFAULT_MAX_RECEIVES))
+    _refuse_options(url, options, allowed=("reconnect_timeout_s",))
+    return RedisQueue.open(url, name=name, max_receives=max_receives, **options)
 
 
 def _refuse_options(url: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:

@@ -13,9 +13,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dlaas.defaults import MAX_RECEIVES
 from dlaas.errors import ConfigError
 
-DEFAULT_MAX_RECEIVES = 5
+DEFAULT_MAX_RECEIVES = MAX_RECEIVES
 DEFAULT_VISIBILITY_TIMEOUT_S = 30.0
 DLQ_SUFFIX = "-dlq"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")  # what SQS accepts, so names port to it

@@ -6,9 +6,10 @@ and writers queue up briefly; SQLITE_BUSY is retried with jittered backoff and n
 reaches the caller. Each process opens its own connection on first use (a connection
 must not cross a fork); threads share it behind a lock that is never held while waiting.
 
-A waiting ``receive`` sleeps in short steps and rechecks only when ``PRAGMA data_version``
-(another process committed) or the local write counter (this process committed) moved,
-or when an in-flight message's visibility is due to expire.
+A waiting ``receive`` sleeps and rechecks only when this process committed to its queue,
+another process's commit to it sent a wake-up (sqlite_wake.py), ``PRAGMA data_version``
+moved (checked every ``poll_interval_s``, the fallback), or an in-flight message's
+visibility is due to expire.
 """
 
 from __future__ import annotations

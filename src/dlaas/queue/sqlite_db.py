@@ -4,10 +4,12 @@ Writers take short ``BEGIN IMMEDIATE`` transactions in WAL mode, so readers neve
 and writers queue up briefly; SQLITE_BUSY is retried with jittered backoff and never
 reaches the caller. Each process opens its own connection on first use (a connection
 must not cross a fork); threads share it behind a lock that is never held while waiting.
+A commit wakes waiting receivers in other processes with a datagram (sqlite_wake.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -18,12 +20,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from dlaas.errors import QueueError
+from dlaas.queue import sqlite_size
+from dlaas.queue.sqlite_wake import LISTENERS_SCHEMA, SUPPORTED, WakeListener, WakeSender
 
 T = TypeVar("T")
 
 DEFAULT_POLL_INTERVAL_S = 0.01
 DEFAULT_BUSY_TIMEOUT_S = 0.5
 GIVE_UP_AFTER_S = 60.0  # a write lock held this long means a stuck process, not contention
+# How often a waiting process checks that its listener row is still there (a writer that
+# could not reach it, e.g. from another network namespace, may have dropped it).
+RELISTEN_S = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -64,13 +71,22 @@ class _Database:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(threading.Lock())
-        # Per queue name, bumped on every commit in this process that changed its rows;
-        # a waiting receiver wakes only for its own queue (other processes: data_version).
+        # Per queue name, bumped on every commit in this process that changed its rows and
+        # on every wake-up from another process's commit; a waiting receiver wakes only for
+        # its own queue (and checks data_version in case a wake-up was lost).
         self._local_versions: dict[str, int] = {}
+        self._listener: WakeListener | None = None
+        self._listen_lock = threading.Lock()
+        self._listening: dict[str, float] = {}  # queue name -> when its row was last checked
+        self._wakes_supported = SUPPORTED
+        self._sender = WakeSender()
+        self._size = sqlite_size.SizeKeeper(self.path)
 
     def after_fork_in_child(self) -> None:
         if self._conn is not None:
             _INHERITED.append(self._conn)  # never close (or even free) a parent's connection
+        if self._listener is not None:
+            self._listener.close()  # only drops this child's copy of the parent's socket
         self._reset()
 
     def _connection(self) -> sqlite3.Connection:
@@ -85,9 +101,10 @@ class _Database:
                 check_same_thread=False,
             )
             try:
+                sqlite_size.configure(conn)  # first: auto_vacuum only takes on a new file
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
+                conn.executescript(_SCHEMA + LISTENERS_SCHEMA)
             except BaseException:
                 conn.close()
                 raise
@@ -95,6 +112,17 @@ class _Database:
         return self._conn
 
     def close(self) -> None:
+        listener = self._listener
+        if listener is not None and self._pid == os.getpid():
+            self._listener = None
+            with contextlib.suppress(QueueError):  # else a writer drops it, once refused
+                self.write(
+                    lambda c: c.execute(
+                        "DELETE FROM listeners WHERE address = ?", (listener.address,)
+                    )
+                )
+            listener.close()
+        self._sender.close()
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
@@ -119,25 +147,21 @@ class _Database:
                 try:
                     conn = self._connection()
                     if touched is None:
-                        return work(conn)
-                    changes_before = conn.total_changes
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        result = work(conn)
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
-                    if touched and conn.total_changes != changes_before:
-                        self._notify(touched)
-                    return result
+                        return _settled(work(conn))
+                    result, wakes = self._transaction(conn, work, touched)
                 except sqlite3.Error as exc:
                     if not _is_busy(exc):
                         raise QueueError(
                             f"sqlite queue {self.path} failed: {exc}; check that the file is a "
                             "dlaas queue database on a local, writable disk"
                         ) from exc
+                    wakes = None
+            if wakes is not None:
+                # After the commit, so a woken receiver finds the rows, and outside the
+                # lock, so this process's other threads are not held up meanwhile.
+                if wakes:
+                    self._wake(wakes)
+                return result
             # Sleep without the lock so other threads carry on meanwhile.
             if time.monotonic() >= give_up_at:
                 raise QueueError(
@@ -146,6 +170,85 @@ class _Database:
                 )
             time.sleep(random.uniform(0.5, 1.0) * backoff_s)
             backoff_s = min(backoff_s * 2, 0.05)
+
+    def _transaction(
+        self,
+        conn: sqlite3.Connection,
+        work: Callable[[sqlite3.Connection], T],
+        touched: tuple[str, ...],
+    ) -> tuple[T, list[tuple[str, str]]]:
+        """Run ``work`` in one transaction; return its result and the listeners to wake."""
+        changes_before = conn.total_changes
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = _settled(work(conn))
+            changed = bool(touched) and conn.total_changes != changes_before
+            wakes = self._listeners_of(conn, touched) if changed else []
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._size.after_commit(conn)
+        if changed:
+            self._notify(touched)
+        return result, wakes
+
+    def _listeners_of(
+        self, conn: sqlite3.Connection, touched: tuple[str, ...]
+    ) -> list[tuple[str, str]]:
+        """Other processes' listeners on the ``touched`` queues (this one is woken locally)."""
+        marks = ",".join("?" * len(touched))
+        own = self._listener.address if self._listener is not None else ""
+        rows = conn.execute(
+            f"SELECT queue, address FROM listeners WHERE queue IN ({marks})", touched
+        ).fetchall()
+        return [(str(name), str(address)) for name, address in rows if address != own]
+
+    def _wake(self, targets: list[tuple[str, str]]) -> None:
+        gone = self._sender.send(targets)
+        if gone:
+            with contextlib.suppress(QueueError):  # the next writer to find them tries again
+                self.write(
+                    lambda c: c.executemany(
+                        "DELETE FROM listeners WHERE queue = ? AND address = ?", gone
+                    )
+                )
+
+    def _listen(self, name: str) -> bool:
+        """Have other processes' commits to ``name`` wake this one; True if that just began.
+
+        Checks the listener row again every ``RELISTEN_S``, in case a writer dropped it.
+        """
+        if not self._wakes_supported:
+            return False
+        checked_at = self._listening.get(name)
+        now = time.monotonic()
+        if checked_at is not None and now - checked_at < RELISTEN_S:
+            return False
+        with self._listen_lock:
+            if self._listener is None:
+                try:
+                    self._listener = WakeListener(lambda queue: self._notify((queue,)))
+                except OSError:
+                    self._wakes_supported = False  # e.g. sockets forbidden: poll alone
+                    return False
+            listener = self._listener
+        listener.names.add(name)
+        key = (name, listener.address)
+        present = self.read(
+            lambda c: c.execute(
+                "SELECT 1 FROM listeners WHERE queue = ? AND address = ?", key
+            ).fetchone()
+        )
+        if present is None:
+            self.write(
+                lambda c: c.execute(
+                    "INSERT OR IGNORE INTO listeners (queue, address) VALUES (?, ?)", key
+                )
+            )
+        self._listening[name] = now
+        return present is None
 
     def _notify(self, touched: tuple[str, ...]) -> None:
         with self._changed:
@@ -166,9 +269,12 @@ class _Database:
     ) -> None:
         """Sleep until ``name`` may have changed since ``seen``, or ``timeout_s`` passed.
 
-        Commits in this process wake us at once; other processes' commits are noticed by
-        checking ``PRAGMA data_version`` every ``poll_s``.
+        Commits in this process wake us at once, and so do other processes' commits through
+        their wake-up datagram; ``PRAGMA data_version``, checked every ``poll_s``, is the
+        fallback should a wake-up be lost.
         """
+        if self._listen(name):
+            return  # the caller looked before it listened: look again
         end = time.monotonic() + timeout_s
         next_check = time.monotonic() + poll_s
         while True:
@@ -185,6 +291,18 @@ class _Database:
                 if self._data_version() != seen[1]:
                     return
                 next_check = time.monotonic() + poll_s
+
+
+def _settled(result: T) -> T:
+    """Close a cursor that ``work`` returned while the lock is still held.
+
+    Freeing a cursor resets its statement, which the connection's statement cache may
+    by then have handed to another thread's query: done outside the lock, that corrupts
+    the other query ("bad parameter or other API misuse").
+    """
+    if isinstance(result, sqlite3.Cursor):
+        result.close()
+    return result
 
 
 _DATABASES: dict[tuple[str, float], _Database] = {}

@@ -11,15 +11,11 @@ count so it does not flap, and add a worker when messages grow too old.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
-from dlaas.defaults import TARGET_BACKLOG_PER_WORKER
+from dlaas.defaults import TARGET_BACKLOG_PER_WORKER, cpu_count
 from dlaas.errors import ConfigError
-
-if TYPE_CHECKING:
-    from dlaas.settings import Settings
 
 DEFAULT_UPSCALE_DELAY_S = 0.0
 DEFAULT_DOWNSCALE_DELAY_S = 15.0
@@ -27,11 +23,24 @@ DEFAULT_DOWNSCALE_DELAY_S = 15.0
 Direction = Literal["up", "down"]
 
 
-def cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+class ScalingSettings(Protocol):
+    """What a policy is built from: ``Settings`` for a real service, ``SimParams`` for a
+    simulated one, so that both go through ``PolicyConfig.from_settings``."""
+
+    @property
+    def workers(self) -> int | None: ...  # a fixed fleet of this size; None: elastic
+    @property
+    def min_workers(self) -> int: ...
+    @property
+    def max_workers(self) -> int: ...
+    @property
+    def target_backlog_per_worker(self) -> int | None: ...  # None: the default
+    @property
+    def upscale_delay_s(self) -> float: ...
+    @property
+    def downscale_delay_s(self) -> float: ...
+    @property
+    def max_message_age_s(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -84,12 +93,15 @@ class PolicyConfig:
             raise ConfigError("invalid scaling policy: " + "; ".join(problems))
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PolicyConfig:
-        """The elastic policy of ``dlaas serve`` / ``dlaas controller``."""
+    def from_settings(cls, settings: ScalingSettings) -> PolicyConfig:
+        """The one way to build a policy: elastic between the bounds, or a fixed fleet
+        (min = max = ``workers``) that is the same loop held at one size."""
+        fixed = settings.workers
         return cls(
-            target_backlog_per_worker=settings.backlog_target,
-            min_workers=settings.min_workers,
-            max_workers=settings.max_workers,
+            target_backlog_per_worker=settings.target_backlog_per_worker
+            or TARGET_BACKLOG_PER_WORKER,
+            min_workers=settings.min_workers if fixed is None else fixed,
+            max_workers=settings.max_workers if fixed is None else fixed,
             upscale_delay_s=settings.upscale_delay_s,
             downscale_delay_s=settings.downscale_delay_s,
             max_message_age_s=settings.max_message_age_s,

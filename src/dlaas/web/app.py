@@ -22,14 +22,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dlaas import __version__
 from dlaas.errors import DlaasError, WebError
+from dlaas.protocol import Reply
 from dlaas.queue.base import Queue
 from dlaas.settings import Settings
 from dlaas.storage.base import Storage
-from dlaas.web import classify, jobs, ops, page
+from dlaas.web import classify, jobs, ops, page, security, v2
+from dlaas.web import lifecycle as lifecycle_routes
 from dlaas.web.context import WebContext
 from dlaas.web.ingest import JobService
+from dlaas.web.lifecycle import Lifecycle
 from dlaas.web.metrics import Metrics
 from dlaas.web.replies import ReplyHub
+from dlaas.web.tenancy import OwnerBacklog
 from dlaas.web.uploads import BacklogGate, UploadReader
 
 log = logging.getLogger("dlaas.web")
@@ -58,14 +62,25 @@ def create_app(
         if on_enqueued is not None:
             on_enqueued()
 
+    owners = OwnerBacklog(settings.max_backlog_per_owner)
     service = JobService(
         storage,
         queue,
         max_bytes=settings.max_upload_bytes,
         max_pixels=settings.max_pixels,
         on_accepted=accepted,
+        owner_backlog=owners,
     )
-    hub.on_reply = metrics.observe_reply
+
+    lifecycle = Lifecycle.build(settings, storage, queue)
+
+    def on_reply(reply: Reply) -> None:
+        metrics.observe_reply(reply)
+        owners.observe_reply(reply)
+        if lifecycle.dispatcher is not None and reply.status != "classifying":
+            lifecycle.dispatcher.wake(reply.job_id)  # its webhook may be due now
+
+    hub.on_reply = on_reply
     ctx = WebContext(
         settings=settings,
         storage=storage,
@@ -73,7 +88,7 @@ def create_app(
         hub=hub,
         service=service,
         metrics=metrics,
-        uploads=UploadReader(settings, BacklogGate(queue, settings.max_backlog)),
+        uploads=UploadReader(settings, BacklogGate(queue, settings.max_backlog), owners),
         stats_provider=stats_provider,
         workers_readiness=workers_readiness,
     )
@@ -81,9 +96,13 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         hub.start(asyncio.get_running_loop())
+        if lifecycle.dispatcher is not None:
+            lifecycle.dispatcher.start()
         try:
             yield
         finally:
+            if lifecycle.dispatcher is not None:
+                await run_in_threadpool(lifecycle.dispatcher.stop)
             await run_in_threadpool(hub.stop)
 
     app = FastAPI(
@@ -91,47 +110,63 @@ def create_app(
         version=__version__,
         summary="Image classification as a service: upload images, get ImageNet labels.",
         lifespan=lifespan,
+        docs_url=None,  # dlaas.web.docs serves Swagger UI from the package instead
+        redoc_url=None,
     )
     app.state.context = ctx
     app.state.hub = hub
     app.state.service = service
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.lifecycle = lifecycle
     _add_error_handlers(app)
 
+    app.include_router(lifecycle_routes.router)  # before jobs: GET /v1/jobs, DELETE
     app.include_router(jobs.router)
     app.include_router(classify.build_router(settings.classify_timeout_s))
+    app.include_router(v2.build_router(settings))  # early: routes are matched in order
     app.include_router(page.router)
     app.include_router(ops.router)
+    app.include_router(v2.health_router)
+    security.install(app, settings)
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Every refusal is ``{"error": ..., "detail": ...}``."""
+    """Every refusal is ``{"error": ..., "detail": ...}``; on ``/v2`` the protocol's own
+    ``{"error": "<detail>"}``, which Triton's and KServe's clients read."""
 
     @app.exception_handler(WebError)
-    async def _web_error(_request: Request, exc: WebError) -> JSONResponse:
+    async def _web_error(request: Request, exc: WebError) -> JSONResponse:
+        if v2.is_v2(request):
+            return v2.error_response(exc.status_code, exc.detail, exc.headers)
         body: dict[str, Any] = {"error": exc.error, "detail": exc.detail}
         body.update(exc.extra)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(DlaasError)
-    async def _backend_error(_request: Request, exc: DlaasError) -> JSONResponse:
+    async def _backend_error(request: Request, exc: DlaasError) -> JSONResponse:
         log.error("backend_error", extra={"error": str(exc)})
+        if v2.is_v2(request):
+            return v2.error_response(503, f"{exc}; try again shortly")
         return JSONResponse(
             {"error": "backend_unavailable", "detail": f"{exc}; try again shortly"},
             status_code=503,
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
+        if v2.is_v2(request):
+            return v2.error_response(422, problems)
         return JSONResponse({"error": "bad_request", "detail": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if v2.is_v2(request):
+            return v2.error_response(exc.status_code, str(exc.detail))
         return JSONResponse(
             {"error": _slug(exc.status_code), "detail": str(exc.detail)},
             status_code=exc.status_code,

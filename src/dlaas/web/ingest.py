@@ -24,9 +24,12 @@ from starlette.concurrency import run_in_threadpool
 
 from dlaas import protocol
 from dlaas.errors import DlaasError, ObjectNotFound, WebError
+from dlaas.keys import ANONYMOUS
+from dlaas.lifecycle.status import is_finished, job_counts
 from dlaas.queue.base import Queue
 from dlaas.storage.base import Storage
 from dlaas.web.replies import ReplyHub
+from dlaas.web.tenancy import OwnerBacklog
 from dlaas.web.validate import check_image
 
 log = logging.getLogger("dlaas.web")
@@ -38,10 +41,11 @@ RESULT_CACHE_SIZE = 20_000  # records (about 1 kB each)
 class PendingJob:
     """A job being assembled one file at a time, so only one image is in memory."""
 
-    job_id: str = field(default_factory=protocol.new_id)
+    job_id: str = field(default_factory=protocol.new_job_id)
     images: list[dict[str, Any]] = field(default_factory=list)
     stored_keys: list[str] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
+    owner: str = ANONYMOUS  # the API key's owner; only they can read the job
 
 
 class JobService:
@@ -53,12 +57,14 @@ class JobService:
         max_bytes: int,
         max_pixels: int,
         on_accepted: Callable[[int], None] | None = None,
+        owner_backlog: OwnerBacklog | None = None,
     ) -> None:
         self.storage = storage
         self.queue = queue
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.on_accepted = on_accepted
+        self.owner_backlog = owner_backlog
         # Result records never change once written, so polling a big job reads each
         # from storage once, not on every GET.
         self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -96,6 +102,7 @@ class JobService:
         progress: bool = False,
         manifest: bool = True,
         inline_result: bool = False,
+        probabilities: bool = False,
     ) -> dict[str, Any]:
         """Write the manifest and enqueue every image in one batch.
 
@@ -104,6 +111,7 @@ class JobService:
         to ``write_manifest``: a synchronous call answers with the result itself, and
         writes the manifest only if it has to send its caller to ``GET /v1/jobs/<id>``.
         ``inline_result`` has the worker send the result inside the reply, for the same reason.
+        ``probabilities`` asks for every class's score as well (``/v2``'s FP32 output).
         """
         if not job.images:
             raise WebError(400, "no_files", "the upload holds no files; send one or more images")
@@ -118,10 +126,13 @@ class JobService:
                 enqueued_at=now,
                 progress=progress,
                 inline_result=inline_result,
+                probabilities=probabilities,
             ).to_json()
             for image in job.images
         ]
         self.queue.send_batch(tasks)
+        if self.owner_backlog is not None:
+            self.owner_backlog.accepted(job.owner, (image["image_id"] for image in job.images))
         for image in job.images:
             log.info("image_accepted", extra={"job_id": job.job_id, "image_id": image["image_id"]})
         if self.on_accepted:
@@ -129,7 +140,12 @@ class JobService:
         return record
 
     def manifest_of(self, job: PendingJob) -> dict[str, Any]:
-        return {"job_id": job.job_id, "created_at": job.created_at, "images": job.images}
+        return {
+            "job_id": job.job_id,
+            "created_at": job.created_at,
+            "images": job.images,
+            "owner": job.owner,
+        }
 
     def write_manifest(self, job: PendingJob) -> dict[str, Any]:
         """Make the job visible at ``GET /v1/jobs/<id>``; return the manifest."""
@@ -140,9 +156,9 @@ class JobService:
         return record
 
     @asynccontextmanager
-    async def assembling(self) -> AsyncIterator[PendingJob]:
+    async def assembling(self, owner: str = ANONYMOUS) -> AsyncIterator[PendingJob]:
         """A new job to ``add`` to and ``commit``; if the block raises, it is aborted."""
-        job = PendingJob()
+        job = PendingJob(owner=owner)
         try:
             yield job
         except BaseException:
@@ -150,14 +166,23 @@ class JobService:
             raise
 
     async def classify(
-        self, hub: ReplyHub, filename: str, data: bytes, timeout_s: float
+        self,
+        hub: ReplyHub,
+        filename: str,
+        data: bytes,
+        timeout_s: float,
+        started_at: float | None = None,
+        *,
+        owner: str = ANONYMOUS,
     ) -> dict[str, Any]:
         """Enqueue one image as a job of its own and wait for its result.
 
         The result comes inside the reply, so nothing is read from storage. On timeout
         the manifest is written and a 504 sends the caller to ``GET /v1/jobs/<id>``.
+        ``started_at`` (epoch s) is when the request arrived, for the result's hop timings.
         """
-        job = PendingJob()
+        started_at = time.time() if started_at is None else started_at
+        job = PendingJob(owner=owner)
         image_id = protocol.new_id()
         future = hub.expect(image_id)
         try:
@@ -167,6 +192,7 @@ class JobService:
             raise
         try:
             reply = await asyncio.wait_for(future, timeout_s)
+            replied_at = time.time()
         except TimeoutError:
             hub.forget(image_id)
             await run_in_threadpool(self.write_manifest, job)
@@ -182,6 +208,7 @@ class JobService:
         else:
             result = await run_in_threadpool(self.result, reply.job_id, reply.image_id)
         result["filename"] = job.images[0]["filename"]
+        result["timings_ms"] = _with_web_hops(result, started_at, replied_at)
         return result
 
     def _submit_one(
@@ -203,11 +230,16 @@ class JobService:
             except DlaasError:
                 log.warning("abort_cleanup_failed", extra={"job_id": job.job_id, "key": key})
 
-    def manifest(self, job_id: str) -> dict[str, Any]:
+    def manifest(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        """The job's manifest; with ``owner``, another owner's job is "not found" too."""
+        not_found = WebError(404, "job_not_found", f"no job {job_id!r}; check the job_id")
         try:
-            return dict(self.storage.get_json(protocol.manifest_key(_check_id(job_id))))
+            record = dict(self.storage.get_json(protocol.manifest_key(_check_id(job_id))))
         except ObjectNotFound:
-            raise WebError(404, "job_not_found", f"no job {job_id!r}; check the job_id") from None
+            raise not_found from None
+        if owner is not None and record.get("owner", ANONYMOUS) != owner:
+            raise not_found
+        return record
 
     def results(self, job_id: str, skip: Iterable[str] = ()) -> list[dict[str, Any]]:
         """Stored results of a job, except those whose image IDs are in ``skip``."""
@@ -240,32 +272,56 @@ class JobService:
                 self._results.popitem(last=False)
         return dict(record)
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        manifest = self.manifest(job_id)
+    def status(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        manifest = self.manifest(job_id, owner)
         results = self.results(job_id)
-        return job_status(manifest, results)
+        cancelled = self.storage.exists(protocol.cancel_key(job_id))
+        return job_status(manifest, results, cancelled=cancelled)
 
 
-def job_status(manifest: dict[str, Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+def job_status(
+    manifest: dict[str, Any], results: list[dict[str, Any]], *, cancelled: bool = False
+) -> dict[str, Any]:
     names = {image["image_id"]: image["filename"] for image in manifest["images"]}
-    done = sum(1 for r in results if r["status"] == "done")
-    failed = sum(1 for r in results if r["status"] == "failed")
     total = len(manifest["images"])
     for r in results:
         r["filename"] = names.get(r["image_id"], "")
     finished = [r["completed_at"] for r in results if r.get("completed_at")]
-    complete = done + failed >= total
+    state, counts = job_counts(total, (r["status"] for r in results), cancelled=cancelled)
+    complete = is_finished(state)
     return {
         "job_id": manifest["job_id"],
         "created_at": manifest["created_at"],
-        "status": "complete" if complete else "running",
-        "counts": {"total": total, "queued": total - done - failed, "done": done, "failed": failed},
+        "status": state,
+        "counts": counts,
         "elapsed_s": round(
             (max(finished) if complete and finished else time.time()) - manifest["created_at"], 3
         ),
         "images": manifest["images"],
         "results": results,
     }
+
+
+def _with_web_hops(
+    result: dict[str, Any], started_at: float, replied_at: float
+) -> dict[str, float]:
+    """The worker's timings plus the web tier's hops, so one result shows the whole trip.
+
+    ``web_in``: request to enqueue; ``queue_wait`` and ``worker`` come from the worker;
+    ``reply``: result sent to the waiting request woken; ``web_out``: woken to answer;
+    ``web_total``: request to answer. The hops are epoch-clock differences across
+    processes, so they add up only on one machine.
+    """
+    now = time.time()
+    timings = dict(result.get("timings_ms") or {})
+    enqueued_at, completed_at = result.get("enqueued_at"), result.get("completed_at")
+    if enqueued_at:
+        timings["web_in"] = round((enqueued_at - started_at) * 1000, 3)
+    if completed_at:
+        timings["reply"] = round((replied_at - completed_at) * 1000, 3)
+    timings["web_out"] = round((now - replied_at) * 1000, 3)
+    timings["web_total"] = round((now - started_at) * 1000, 3)
+    return timings
 
 
 def _check_id(value: str) -> str:

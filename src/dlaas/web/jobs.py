@@ -6,20 +6,22 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from dlaas.errors import WebError
 from dlaas.web.context import context
-from dlaas.web.sse import event_stream, sse
+from dlaas.web.lifecycle import Replay, Submission
+from dlaas.web.sse import EVENT_STREAM_DOC, EventStreamResponse, event_stream, sse
+from dlaas.web.uploads import multipart_doc
 
 STREAM_POLL_S = 2.0  # fallback storage check for results delivered to another web process
 
 router = APIRouter(tags=["jobs"])
 
 
-@router.post("/v1/jobs", status_code=202)
+@router.post("/v1/jobs", status_code=202, openapi_extra=multipart_doc("files", many=True))
 async def create_job(
     request: Request,
     partial: bool = Query(
@@ -27,23 +29,34 @@ async def create_job(
         description="accept the valid files and list the refused ones in `rejected`, "
         "instead of refusing the whole job",
     ),
+    callback_url: str | None = Query(
+        None, description="POST a signed summary here once the job is finished (docs/api.md)"
+    ),
+    idempotency_key: str | None = Header(
+        None,
+        alias="Idempotency-Key",
+        description="a retry with this key and the same files within 24 h gets the first 202",
+    ),
 ) -> JSONResponse:
     """Upload one or many images (multipart field ``files``) as one job."""
     ctx = context(request)
     service = ctx.service
+    submit = await Submission.start(request, callback_url, idempotency_key)
     uploads = await ctx.uploads.many_files(
         request, "files", max_files=ctx.settings.max_files_per_job
     )
     rejected: list[dict[str, Any]] = []
     try:
-        async with service.assembling() as job:
+        async with service.assembling(request.state.owner) as job:
             for index, upload in enumerate(uploads):
                 try:
                     data = await ctx.uploads.read(upload)
+                    submit.saw(upload.filename or "upload", data)
                     await run_in_threadpool(service.add, job, upload.filename or "upload", data)
                 except WebError as exc:
                     if not partial:
                         raise
+                    submit.saw(upload.filename or "upload", None)
                     rejected.append(
                         {
                             "index": index,
@@ -57,28 +70,34 @@ async def create_job(
                 raise WebError(
                     422, "no_valid_files", "every file was refused", extra={"rejected": rejected}
                 )
-            manifest = await run_in_threadpool(service.commit, job, ctx.hub.name, progress=True)
+            images = [{"image_id": i["image_id"], "filename": i["filename"]} for i in job.images]
+            body: dict[str, Any] = {"job_id": job.job_id, "images": images}
+            if partial:
+                body["rejected"] = rejected
+            await run_in_threadpool(submit.before_commit, job, body)
+            await run_in_threadpool(service.commit, job, ctx.hub.name, progress=True)
+            await run_in_threadpool(submit.after_commit)
+    except Replay as replay:  # a retry of an earlier request: its job, nothing enqueued
+        return JSONResponse(replay.body, status_code=202)
     finally:
         await request.close()  # removes the spooled upload files
-    images = [{"image_id": i["image_id"], "filename": i["filename"]} for i in manifest["images"]]
-    body: dict[str, Any] = {"job_id": job.job_id, "images": images}
-    if partial:
-        body["rejected"] = rejected
     return JSONResponse(body, status_code=202)
 
 
 @router.get("/v1/jobs/{job_id}")
 async def get_job(job_id: str, request: Request) -> dict[str, Any]:
     """Status counts and every result so far; works from any web process."""
-    return await run_in_threadpool(context(request).service.status, job_id)
+    return await run_in_threadpool(context(request).service.status, job_id, request.state.owner)
 
 
-@router.get("/v1/jobs/{job_id}/events")
+@router.get(
+    "/v1/jobs/{job_id}/events", response_class=EventStreamResponse, responses=EVENT_STREAM_DOC
+)
 async def job_events(job_id: str, request: Request) -> StreamingResponse:
     """Server-Sent Events: ``job``; ``classifying``, ``result`` per image; ``end``."""
     ctx = context(request)
     service, hub = ctx.service, ctx.hub
-    manifest = await run_in_threadpool(service.manifest, job_id)
+    manifest = await run_in_threadpool(service.manifest, job_id, request.state.owner)
     inbox = hub.subscribe(job_id)
 
     async def stream() -> AsyncIterator[str]:

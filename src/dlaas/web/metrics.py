@@ -119,7 +119,7 @@ class Metrics:
         The log line closes an image's trail: ``image_accepted`` (web), ``image_done``
         (worker), then ``result_received`` here. ``classifying`` replies are skipped.
         """
-        if reply.status == "classifying":
+        if reply.status in ("classifying", "cancelled"):  # cancelled: never classified
             return
         (self.done if reply.status == "done" else self.failed).inc()
         timings = reply.timings_ms or {}

@@ -18,6 +18,7 @@ from dlaas.errors import WebError
 from dlaas.queue.base import Queue
 from dlaas.settings import Settings
 from dlaas.web.multipart import parse_form, read_body, single_file
+from dlaas.web.tenancy import OwnerBacklog
 
 ONE_FILE_SLACK_BYTES = 1024 * 1024  # multipart headers around a single image
 JOB_SLACK_BYTES = 1024 * 1024 * 1024  # ... and around the many files of a job
@@ -60,18 +61,27 @@ class BacklogGate:
 
 
 class UploadReader:
-    """The files of an upload, each within ``--max-upload-mb``, behind the backlog gate."""
+    """The files of an upload, each within ``--max-upload-mb``, behind the backlog gates:
+    the whole queue's, then the caller's own (``--max-backlog-per-owner``)."""
 
-    def __init__(self, settings: Settings, backlog: BacklogGate) -> None:
+    def __init__(
+        self, settings: Settings, backlog: BacklogGate, owners: OwnerBacklog | None = None
+    ) -> None:
         self.max_upload_bytes = settings.max_upload_bytes
         self.max_upload_mb = settings.max_upload_mb
         self.backlog = backlog
+        self.owners = owners
+
+    def _check_owner(self, request: Request, images: int) -> None:
+        if self.owners is not None:
+            self.owners.check(request.state.owner, images)
 
     async def one_file(self, request: Request, field: str) -> tuple[str, bytes]:
         """The single uploaded image: sliced out of a simple body, else fully parsed."""
         limit = self.max_upload_bytes + ONE_FILE_SLACK_BYTES
         check_length(request, limit)
         await self.backlog.check()
+        self._check_owner(request, 1)
         content_type = require_multipart(request, field)
         body = await read_body(request, limit)
         simple = single_file(body, content_type, field)
@@ -93,6 +103,7 @@ class UploadReader:
         """The files of a job, still spooled: read each with ``read``; close the request."""
         check_length(request, self.max_upload_bytes * 64 + JOB_SLACK_BYTES)
         await self.backlog.check()
+        self._check_owner(request, 1)
         require_multipart(request, field)
         try:
             form = await request.form(max_files=max_files, max_fields=100)
@@ -101,6 +112,11 @@ class UploadReader:
         files = [v for v in form.getlist(field) if isinstance(v, UploadFile)]
         if not files:
             raise _no_files(field)
+        try:
+            self._check_owner(request, len(files))
+        except WebError:
+            await form.close()
+            raise
         return files
 
     async def read(self, upload: UploadFile) -> bytes:
@@ -143,3 +159,25 @@ def _no_files(field: str) -> WebError:
     return WebError(
         400, "no_files", f"no file in the multipart field {field!r}; send the image there"
     )
+
+
+def multipart_doc(field: str, *, many: bool = False) -> dict[str, object]:
+    """``openapi_extra`` for a route that reads its files itself: the schema (and so the
+    docs page and schema-driven tests) then know to send ``field`` as files."""
+    binary = {"type": "string", "format": "binary"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [field],
+                        "properties": {
+                            field: {"type": "array", "items": binary} if many else binary
+                        },
+                    }
+                }
+            },
+        }
+    }

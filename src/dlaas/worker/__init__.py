@@ -1,6 +1,5 @@
 """The app tier: receive a batch, classify it in one forward pass, store results, delete."""
 
-from dlaas.worker.entry import run_worker
 from dlaas.worker.loop import Worker
 
-__all__ = ["Worker", "run_worker"]
+__all__ = ["Worker"]

@@ -26,6 +26,7 @@ from dlaas.errors import DlaasError, ImageError, ObjectNotFound, QueueError, Sto
 from dlaas.queue.base import Message, Queue
 from dlaas.storage.base import Storage
 from dlaas.worker.heartbeat import HealthRecord, VisibilityHeartbeat, process_exists
+from dlaas.worker.settled import Settler
 
 log = logging.getLogger("dlaas.worker")
 
@@ -37,6 +38,8 @@ class SupportsClassify(Protocol):
 
     def predict(self, batch: np.ndarray, top_k: int = 5) -> Sequence[Sequence[Any]]: ...
 
+    def predict_with_scores(self, batch: np.ndarray, top_k: int = 5) -> tuple[Any, np.ndarray]: ...
+
 
 @dataclass
 class _Item:
@@ -46,6 +49,7 @@ class _Item:
     error: str | None = None
     retry: bool = False  # a transient failure: leave the message for redelivery
     predictions: list[dict[str, Any]] | None = None
+    probabilities: str | None = None  # every class's score, when the task asks for them
     record: dict[str, Any] | None = None  # the result record, once built
     received_at: float = field(default_factory=time.time)
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -70,6 +74,7 @@ class Worker:
         top_k: int = 5,
         on_busy: Callable[[bool], None] | None = None,
         parent_pid: int | None = None,
+        keep_inputs: bool = False,
     ) -> None:
         self.storage = storage
         self.queue = queue
@@ -85,6 +90,8 @@ class Worker:
         self.on_busy = on_busy
         self.parent_pid = parent_pid
         self.health = HealthRecord(storage, worker_id)
+        self._heartbeat = VisibilityHeartbeat(queue, visibility_timeout_s)
+        self.settler = Settler(storage, queue, worker_id, classifier.name, keep_inputs)
         self._stop = threading.Event()
         self._reply_queues: dict[str, Queue] = {}
         self._next_drain_check = 0.0
@@ -126,6 +133,7 @@ class Worker:
                 self.process(batch)
                 idle_since = time.monotonic()
         finally:
+            self._heartbeat.close()
             reason = self.exit_reason or "stopped"
             self.health.update(state="stopped", exit_reason=reason, force=True)
             log.info("worker_exit", extra={"worker_id": self.worker_id, "reason": reason})
@@ -183,21 +191,21 @@ class Worker:
 
     def process(self, batch: list[Message]) -> None:
         """Classify one batch end to end; see the module docstring for the order."""
-        started = time.monotonic()
+        started, received_at = time.monotonic(), time.time()
         self.health.update(state="busy")
         if self.on_busy:
             self.on_busy(True)
         try:
-            items = self._parse(batch)
-            with VisibilityHeartbeat(
-                self.queue, [i.message.receipt for i in items], self.visibility_timeout_s
-            ):
+            items = self.settler.drop_cancelled(self._parse(batch, received_at))
+            with self._heartbeat.keeping([i.message.receipt for i in items]):
                 self._notify_started(items)
                 self._fetch_and_decode(items)
                 infer_ms = self._infer(items)
                 done = self._store_results(items)
                 done = self._notify(done, infer_ms)
+            self._log_done(done)
             self.queue.delete_batch([i.message.receipt for i in done])
+            self.settler.remove_inputs(done)
         finally:
             if self.on_busy:
                 self.on_busy(False)
@@ -216,26 +224,18 @@ class Worker:
             },
         )
 
-    def _parse(self, batch: list[Message]) -> list[_Item]:
+    def _parse(self, batch: list[Message], received_at: float) -> list[_Item]:
         items: list[_Item] = []
         for message in batch:
             try:
                 task = protocol.Task.from_json(message.body)
             except (ValueError, KeyError, TypeError) as exc:
-                self._dead_letter_malformed(message, exc)
+                self.settler.dead_letter_malformed(message, exc)
                 continue
-            wait_ms = max(0.0, (time.time() - (task.enqueued_at or message.sent_at)) * 1000)
-            items.append(_Item(message, task, timings_ms={"queue_wait": round(wait_ms, 2)}))
+            wait_ms = max(0.0, (received_at - (task.enqueued_at or message.sent_at)) * 1000)
+            timings = {"queue_wait": round(wait_ms, 3)}
+            items.append(_Item(message, task, received_at=received_at, timings_ms=timings))
         return items
-
-    def _dead_letter_malformed(self, message: Message, exc: Exception) -> None:
-        """A body we cannot parse will never succeed: park it in the DLQ at once."""
-        log.error("malformed_message", extra={"message_id": message.id, "error": str(exc)[:200]})
-        try:
-            self.queue.dead_letter().send(message.body)
-            self.queue.delete(message.receipt)
-        except QueueError:
-            pass  # it will reach the DLQ through max_receives instead
 
     def _fetch_and_decode(self, items: list[_Item]) -> None:
         for item in items:
@@ -243,6 +243,9 @@ class Worker:
             try:
                 data = self.storage.get(item.task.key)
             except ObjectNotFound:
+                if self.settler.finished_before(item):  # a repeat; its input was removed
+                    item.retry = True  # nothing to store or send: the message is gone
+                    continue
                 item.error = "the uploaded image is no longer in storage"
                 continue
             except StorageError as exc:
@@ -263,12 +266,17 @@ class Worker:
             return 0.0
         t0 = time.perf_counter()
         batch = np.stack([i.array for i in ready if i.array is not None])
-        predictions = self.classifier.predict(batch, top_k=self.top_k)
+        if any(i.task.probabilities for i in ready):
+            predictions, scores = self.classifier.predict_with_scores(batch, top_k=self.top_k)
+        else:
+            predictions, scores = self.classifier.predict(batch, top_k=self.top_k), None
         infer_ms = (time.perf_counter() - t0) * 1000
-        for item, preds in zip(ready, predictions, strict=True):
+        for n, (item, preds) in enumerate(zip(ready, predictions, strict=True)):
             item.timings_ms["infer_batch"] = round(infer_ms, 3)
             item.timings_ms["batch_size"] = float(len(ready))
             item.predictions = [p.to_dict() for p in preds]
+            if scores is not None and item.task.probabilities:
+                item.probabilities = protocol.pack_scores(scores[n])
         return infer_ms
 
     def _store_results(self, items: list[_Item]) -> list[_Item]:
@@ -281,6 +289,7 @@ class Worker:
             if item.retry:
                 continue
             task = item.task
+            item.timings_ms["worker"] = round((time.time() - item.received_at) * 1000, 3)
             item.record = protocol.result_record(
                 job_id=task.job_id,
                 image_id=task.image_id,
@@ -292,20 +301,20 @@ class Worker:
                 timings_ms=item.timings_ms,
                 enqueued_at=task.enqueued_at,
                 received_at=item.received_at,
+                probabilities=item.probabilities,
             )
             if not _inline(item) and not self._put_record(item):
                 continue
-            log.info(
-                "image_done" if not item.error else "image_failed",
-                extra={
-                    "job_id": task.job_id,
-                    "image_id": task.image_id,
-                    "worker_id": self.worker_id,
-                    **({"error": item.error} if item.error else {}),
-                },
-            )
             done.append(item)
         return done
+
+    def _log_done(self, done: list[_Item]) -> None:
+        """Logged once the replies are out, so a waiting caller never waits for the log."""
+        for item in done:
+            ids = {"job_id": item.task.job_id, "image_id": item.task.image_id}
+            error = {"error": item.error} if item.error else {}
+            event = "image_failed" if item.error else "image_done"
+            log.info(event, extra={**ids, "worker_id": self.worker_id, **error})
 
     def _put_record(self, item: _Item) -> bool:
         task = item.task

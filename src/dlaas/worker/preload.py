@@ -38,8 +38,8 @@ PRELOADED: Preloaded | None = None
 
 
 def _load() -> Preloaded | None:
-    from dlaas.components import model_spec_from
     from dlaas.model import Classifier
+    from dlaas.model.select import model_spec_from
     from dlaas.settings import load_settings
 
     settings = load_settings()

@@ -1,10 +1,11 @@
-"""A warm interpreter to fork local workers from, for ``LocalLauncher(preload=True)``.
+"""A warm interpreter to fork local workers from, for ``LocalLauncher(fork_entry=...)``.
 
 The fork server has already imported dlaas, NumPy, Pillow and ONNX Runtime, and loaded
 the workers' model (``dlaas.worker.preload``), so a new worker starts in about the time
 a ``fork`` takes instead of paying every import again: scale-from-zero latency drops
 from ~0.5 s to ~0.1 s. It holds no queue and takes no messages; each child it forks
-runs ``dlaas.worker.entry.main``, configured by its ``DLAAS_*`` environment.
+runs the launcher's ``fork_entry`` (``dlaas.assemble.worker_main``), configured by its
+``DLAAS_*`` environment.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from multiprocessing.process import BaseProcess
 
 from dlaas.errors import ScalingError
@@ -30,9 +31,7 @@ PRELOAD_MODULES = [
     "PIL.Image",
     "PIL.JpegImagePlugin",
     "PIL.PngImagePlugin",
-    "dlaas.worker.entry",
     "dlaas.settings",
-    "dlaas.components",
     "dlaas.model",
     "dlaas.worker",
     "dlaas.storage",
@@ -70,15 +69,13 @@ class Forked:
         self._process.kill()
 
 
-def _run_worker(env: dict[str, str], cwd: str | None) -> None:
+def _run_worker(entry: Callable[[], int], env: dict[str, str], cwd: str | None) -> None:
     """The forked child: take the worker's environment, leave the parent's session, run."""
     os.environ.update(env)
     if cwd is not None:
         os.chdir(cwd)
     os.setsid()  # as start_new_session: Ctrl-C reaches the parent, which drains us
-    from dlaas.worker.entry import main
-
-    sys.exit(main())
+    sys.exit(entry())
 
 
 def _noop() -> None:
@@ -88,14 +85,18 @@ def _noop() -> None:
 class ForkServer:
     """Starts the fork server at once, in the background, and forks workers from it."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
-        """``env``: the workers' settings, so the fork server preloads the model they use."""
+    def __init__(self, entry: Callable[[], int], env: Mapping[str, str]) -> None:
+        """``entry``: what a forked worker runs (a module-level function, which the fork
+        server imports up front); ``env``: the workers' settings, so the fork server
+        preloads the model they use."""
+        self._entry = entry
         self._warm = threading.Event()
         # The fork server's NumPy must not start BLAS threads that a fork would orphan.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(PRELOAD_MODULES)
+        *imports, last = PRELOAD_MODULES
+        self._context.set_forkserver_preload([*imports, entry.__module__, last])
         # The fork server inherits this process's environment when it starts: give it the
         # workers' settings for that moment.
         saved = dict(os.environ)
@@ -117,7 +118,7 @@ class ForkServer:
     def fork(self, name: str, env: Mapping[str, str], cwd: str | None) -> Forked:
         """Fork a worker that runs with ``env`` added to the fork server's environment."""
         process = self._context.Process(
-            target=_run_worker, args=(dict(env), cwd), name=name, daemon=False
+            target=_run_worker, args=(self._entry, dict(env), cwd), name=name, daemon=False
         )
         try:
             process.start()

@@ -8,9 +8,10 @@ function from a worker ID to the state the worker last reported (``health_probe`
 reads the health record every worker keeps in storage). Without a probe a child counts
 as RUNNING ``ready_after_s`` after it started, and its busyness is unknown.
 
-With ``preload=True`` workers are forked from a warm fork server (``forkserver``) and
-run ``dlaas.worker.entry.main``: the worker command is then not used, and the settings
-travel in ``env`` alone.
+With ``fork_entry`` (``dlaas.assemble.worker_main`` in ``dlaas serve``) workers are
+forked from a warm fork server (``forkserver``) and run that function: the worker
+command is then not used, and the settings travel in ``env`` alone. The entry is
+passed in, so the launcher never imports what builds a worker.
 
 Exited children are reaped on every ``list()``. A non-zero exit the launcher did not
 cause is a crash: it is logged and counted, and the crashed worker's messages come
@@ -81,17 +82,17 @@ class LocalLauncher(Launcher):
         probe: WorkerProbe | None = None,
         ready_after_s: float = 0.0,
         stop_timeout_s: float = 30.0,
-        preload: bool = False,
+        fork_entry: Callable[[], int] | None = None,
     ) -> None:
         """``env`` is added to this process's environment for every child.
 
         ``stop_timeout_s`` bounds how long ``close`` waits for drained children
-        before it kills them; make it longer than one batch takes. ``preload`` forks
-        workers from a warm fork server instead of running ``worker_argv``.
+        before it kills them; make it longer than one batch takes. ``fork_entry``
+        forks workers that run it from a warm fork server, instead of ``worker_argv``.
         """
-        if not worker_argv and not preload:
+        if not worker_argv and fork_entry is None:
             raise ScalingError("the local launcher needs a worker command; got an empty one")
-        self.preload = preload
+        self.preload = fork_entry is not None
         self.worker_argv = list(worker_argv)
         self.env = dict(env or {})
         self.cwd = cwd
@@ -105,7 +106,7 @@ class LocalLauncher(Launcher):
         self._children: dict[str, _Child] = {}
         self._closed = False
         self._lock = threading.Lock()
-        self._forkserver = ForkServer(self.env) if preload else None
+        self._forkserver = None if fork_entry is None else ForkServer(fork_entry, self.env)
 
     # The Launcher interface ---------------------------------------------------
 

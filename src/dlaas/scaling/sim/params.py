@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from dlaas.defaults import BATCH_SIZE, TARGET_BACKLOG_PER_WORKER
+from dlaas.defaults import BATCH_SIZE, TARGET_BACKLOG_PER_WORKER, cpu_count
 from dlaas.errors import ConfigError
-from dlaas.scaling.policy import PolicyConfig, cpu_count
+from dlaas.scaling.policy import PolicyConfig
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,13 @@ class SimParams:
     def target(self) -> int:
         return self.target_backlog_per_worker or TARGET_BACKLOG_PER_WORKER
 
+    @property
+    def workers(self) -> None:
+        """The simulated service is elastic; ``fixed_config`` sizes the fixed fleet."""
+        return None
+
     def elastic_config(self) -> PolicyConfig:
-        return PolicyConfig(
-            target_backlog_per_worker=self.target,
-            min_workers=self.min_workers,
-            max_workers=self.max_workers,
-            upscale_delay_s=self.upscale_delay_s,
-            downscale_delay_s=self.downscale_delay_s,
-            max_message_age_s=self.max_message_age_s,
-        )
+        return PolicyConfig.from_settings(self)
 
     def fixed_config(self) -> PolicyConfig:
         """A fleet of ``fixed_workers``: always on when warm, else started on demand."""

@@ -18,10 +18,12 @@
     classifying: "Classifying",
     done: "Done",
     failed: "Failed",
+    cancelled: "Cancelled",
   };
 
   const STATUS_TEXT = {
     0: "Upload failed",
+    401: "API key refused",
     400: "Bad request",
     413: "Too large",
     415: "Not a supported image",
@@ -117,6 +119,7 @@
       retries: 0,
       byImageId: new Map(),
       summaryPending: false,
+      cancelling: false,
       items: files.map((file, index) => ({
         index,
         file,
@@ -135,10 +138,11 @@
   }
 
   function counts(job) {
-    const c = { total: job.items.length, done: 0, failed: 0, waiting: 0 };
+    const c = { total: job.items.length, done: 0, failed: 0, cancelled: 0, waiting: 0 };
     for (const item of job.items) {
       if (item.state === "done") c.done += 1;
       else if (item.state === "failed") c.failed += 1;
+      else if (item.state === "cancelled") c.cancelled += 1;
       else c.waiting += 1;
     }
     return c;
@@ -193,11 +197,17 @@
 
   // Upload ---------------------------------------------------------------------------------
 
+  /** Uploads wait for the API key, when the service asks for one (auth.js). */
   function uploadJob(job) {
+    window.dlaasAuth.whenReady().then(() => sendJob(job));
+  }
+
+  function sendJob(job) {
     const form = new FormData();
     for (const item of job.items) form.append("files", item.file, item.name);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", "/v1/jobs?partial=true");
+    window.dlaasAuth.authorize(xhr);
     xhr.upload.addEventListener("progress", (event) => {
       if (event.lengthComputable) showUploadProgress(job, event.loaded / event.total);
     });
@@ -309,7 +319,7 @@
   }
 
   function openStream(job) {
-    const source = new EventSource(`/v1/jobs/${encodeURIComponent(job.id)}/events`);
+    const source = window.dlaasAuth.eventSource(`/v1/jobs/${encodeURIComponent(job.id)}/events`);
     activeStreams.add(job);
     const on = (name, handler) =>
       source.addEventListener(name, (event) => handler(job, parseJSON(event.data) || {}));
@@ -333,7 +343,7 @@
 
   /** EventSource reconnects by itself after a network hiccup; a refused stream is retried. */
   function onStreamError(job, source) {
-    if (source.readyState !== EventSource.CLOSED) return;
+    if (source.readyState !== source.CLOSED) return;
     closeStream(job, source);
     if (job.status !== "running") return;
     job.retries += 1;
@@ -359,18 +369,49 @@
     if (!item || item.state === "done" || item.state === "failed") return;
     item.result = result;
     if (result.status === "done") setItemState(job, item, "done");
+    else if (result.status === "cancelled") setItemState(job, item, "cancelled");
     else failItem(job, item, `Could not classify: ${result.error || "unknown error"}`);
   }
 
   function finishJob(job) {
-    job.status = "complete";
+    job.status = job.cancelling ? "cancelled" : "complete";
     job.endedAt = performance.now();
     renderJobSummary(job);
     const c = counts(job);
+    const cancelled = c.cancelled ? `, ${c.cancelled} cancelled` : "";
     announce(
-      `Job ${job.number} complete: ${c.done} done, ${c.failed} failed, ` +
+      `Job ${job.number} ${job.status}: ${c.done} done, ${c.failed} failed${cancelled}, ` +
         `in ${duration((job.endedAt - job.startedAt) / 1000)}.`,
     );
+  }
+
+  /** DELETE /v1/jobs/{id}: images not classified yet never are; their results say so. */
+  function cancelJob(job) {
+    if (!job.id || job.status !== "running") return;
+    job.view.cancel.disabled = true;
+    job.view.cancel.textContent = "Cancelling…";
+    const xhr = new XMLHttpRequest();
+    xhr.open("DELETE", `/v1/jobs/${encodeURIComponent(job.id)}`);
+    window.dlaasAuth.authorize(xhr);
+    xhr.addEventListener("load", () => {
+      if (xhr.status === 202) {
+        job.cancelling = true;
+        announce(`Job ${job.number}: cancelling.`);
+      } else if (xhr.status !== 409) {
+        // 409: it finished first, and its end event follows.
+        job.view.cancel.disabled = false;
+        job.view.cancel.textContent = "Cancel";
+        const body = parseJSON(xhr.responseText) || {};
+        showJobError(job, `Could not cancel: ${body.detail || `HTTP ${xhr.status}`}`);
+      }
+      renderJobSummary(job);
+    });
+    xhr.addEventListener("error", () => {
+      job.view.cancel.disabled = false;
+      job.view.cancel.textContent = "Cancel";
+      showJobError(job, "Could not reach the service to cancel; try again.");
+    });
+    xhr.send();
   }
 
   // Rendering: jobs ------------------------------------------------------------------------
@@ -387,6 +428,7 @@
       fill: $(".job-progress-fill", node),
       error: $(".job-error", node),
       retry: $(".job-retry", node),
+      cancel: $(".job-cancel", node),
       csv: $(".job-csv", node),
       json: $(".job-json", node),
       cards: $(".cards", node),
@@ -394,6 +436,7 @@
     job.view.name.textContent = `Job ${job.number}`;
     node.setAttribute("aria-label", `Job ${job.number}`);
     job.view.retry.addEventListener("click", () => retryJob(job));
+    job.view.cancel.addEventListener("click", () => cancelJob(job));
     job.view.csv.addEventListener("click", () => downloadCSV(job));
     job.view.json.addEventListener("click", () => downloadJSON(job));
 
@@ -431,9 +474,11 @@
       countNode(c.done, "done", "count-done"),
       " · ",
       countNode(c.failed, "failed", "count-failed"),
+      c.cancelled ? ` · ${c.cancelled} cancelled` : "",
       ` · ${c.waiting} waiting`,
     );
-    const finished = ((c.done + c.failed) / (c.total || 1)) * 100;
+    view.cancel.hidden = job.status !== "running" || !job.id;
+    const finished = ((c.done + c.failed + c.cancelled) / (c.total || 1)) * 100;
     view.fill.style.width = `${finished}%`;
     view.progress.setAttribute("aria-valuenow", String(Math.round(finished)));
     const hasResults = job.items.some((item) => item.result || item.error);
@@ -646,14 +691,14 @@
   };
 
   function connectStats() {
-    const source = new EventSource(STATS_URL);
+    const source = window.dlaasAuth.eventSource(STATS_URL);
     source.addEventListener("open", () => setLive("live", "Live"));
     source.addEventListener("stats", (event) => {
       const stats = parseJSON(event.data);
       if (stats) onStats(stats);
     });
     source.addEventListener("error", () => {
-      if (source.readyState === EventSource.CLOSED) {
+      if (source.readyState === source.CLOSED) {
         setLive("down", "Offline, retrying");
         window.clearTimeout(scaling.retryTimer);
         scaling.retryTimer = window.setTimeout(connectStats, 5000);
@@ -1016,8 +1061,15 @@
     wireDragAndDrop();
     wirePaste();
     wireCharts();
-    connectStats();
     drawCharts();
+    // The scaling stats are for admin keys; without keys on the server everyone is admin.
+    window.dlaasAuth.whenReady().then((me) => {
+      if (me.role === "admin") connectStats();
+      else {
+        setLive("down", "Admin only");
+        $("#mode").textContent = "Scaling stats are shown to admin keys.";
+      }
+    });
   }
 
   main();

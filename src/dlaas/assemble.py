@@ -1,0 +1,220 @@
+"""Builds dlaas from one ``Settings``: backends, model, policy, launcher, controller, worker.
+
+Every process starts here: ``dlaas serve`` and ``dlaas controller`` (via ``dlaas.serve``),
+``dlaas worker``, and the local fork server's children. Nothing else turns settings into
+objects, so a new backend or tier is wired in once. It sits above the tiers it wires and
+below the commands that run them (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from dlaas.errors import ConfigError, DlaasError
+from dlaas.logs import configure_logging
+from dlaas.model.select import model_spec_from
+from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, WORKER
+from dlaas.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from dlaas.aws.protection import ScaleInProtection
+    from dlaas.queue.base import Queue
+    from dlaas.scaling.controller import Controller
+    from dlaas.scaling.launchers.base import Launcher
+    from dlaas.storage.base import Storage
+    from dlaas.worker.loop import Worker
+
+__all__ = [
+    "build_controller",
+    "build_launcher",
+    "build_worker",
+    "model_spec_from",
+    "open_queue_from",
+    "open_storage_from",
+    "run_worker",
+    "worker_env",
+    "worker_main",
+]
+
+log = logging.getLogger("dlaas.worker")
+
+FIXED_MODE_IDLE_TIMEOUT_S = 10**9  # fixed-mode workers never leave on their own
+
+
+def open_storage_from(settings: Settings) -> Storage:
+    from dlaas.storage import open_storage
+
+    return open_storage(settings.storage_url, **settings.storage_options())
+
+
+def open_queue_from(settings: Settings) -> Queue:
+    from dlaas.queue import open_queue
+
+    return open_queue(settings.queue_url, name=settings.queue_name, **settings.queue_options())
+
+
+def build_controller(settings: Settings, queue: Queue, storage: Storage) -> Controller:
+    """The controller and its launcher; fixed mode is the same loop with min = max = N."""
+    from dlaas.scaling.controller import Controller
+    from dlaas.scaling.policy import PolicyConfig
+
+    launcher = build_launcher(settings, storage, fixed=settings.workers is not None)
+    config = PolicyConfig.from_settings(settings)
+    return Controller(queue, launcher, config, interval_s=settings.scale_interval_s)
+
+
+def build_launcher(settings: Settings, storage: Storage, *, fixed: bool) -> Launcher:
+    if settings.launcher == "local":
+        from dlaas.scaling.launchers.local import LocalLauncher, health_probe
+
+        # --workers 0 is the web tier alone (KEDA or other hosts run the workers): no fork
+        # server holding a model that no worker will ever be forked from.
+        web_only = fixed and settings.workers == 0
+        return LocalLauncher(
+            ["dlaas", "worker"] if web_only else (),
+            env=worker_env(settings, fixed=fixed),
+            probe=health_probe(storage),
+            fork_entry=None if web_only else worker_main,
+        )
+    if settings.launcher == "asg":
+        from dlaas.scaling.launchers.asg import AsgLauncher
+
+        if not settings.asg_name:
+            raise ConfigError("--launcher asg needs --asg-name; see docs/aws.md")
+        return AsgLauncher(
+            group_name=settings.asg_name, storage=storage, region=settings.aws_region
+        )
+
+    from dlaas.aws.userdata import render_user_data
+    from dlaas.scaling.launchers.ec2 import Ec2Launcher
+
+    user_data = render_user_data(
+        storage_url=settings.storage_url,
+        queue_url=settings.queue_url,
+        package_spec=settings.worker_package,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        sqs_endpoint_url=settings.sqs_endpoint_url,
+        aws_region=settings.aws_region,
+        extra_env=settings.to_env(REMOTE_WORKER),
+    )
+    return Ec2Launcher(
+        cluster=settings.cluster_name,
+        storage=storage,
+        user_data=user_data,
+        image_id=settings.ec2_image_id,
+        launch_template=settings.ec2_launch_template,
+        instance_type=settings.ec2_instance_type,
+        subnet_id=settings.ec2_subnet_id,
+        security_group_ids=settings.ec2_security_group_ids,
+        instance_profile=settings.ec2_instance_profile,
+        region=settings.aws_region,
+    )
+
+
+def worker_env(settings: Settings, *, fixed: bool) -> dict[str, str]:
+    """The environment of a local worker: this process's, plus every worker setting.
+
+    Settings travel as their ``DLAAS_*`` twins, so a worker started by hand with the
+    same variables behaves exactly like one started by ``serve``.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DLAAS_")}
+    env.update(settings.to_env(n for n in (*COMMON, *MODEL, *WORKER) if n != "worker_id"))
+    # A local worker must not outlive `dlaas serve`, even one killed with SIGKILL. Its
+    # parent may be the fork server, which lives as long as any worker does, so the
+    # worker watches this process, not its parent.
+    env["DLAAS_PARENT_PID"] = str(os.getpid())
+    env["DLAAS_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["DLAAS_STORAGE"] = settings.storage_url
+    env["DLAAS_QUEUE"] = settings.queue_url
+    env["DLAAS_MODEL_DIR"] = str(settings.model_cache_dir.resolve())
+    if settings.model_path is not None and settings.labels is not None:
+        env["DLAAS_MODEL"] = os.path.realpath(settings.model_path)
+        env["DLAAS_LABELS"] = str(settings.labels.resolve())
+    if fixed:
+        env["DLAAS_IDLE_TIMEOUT_S"] = str(FIXED_MODE_IDLE_TIMEOUT_S)
+    return env
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
+    """A worker with its model loaded once (or taken from the fork server's preload)."""
+    from dlaas.model import Classifier
+    from dlaas.worker.loop import Worker
+    from dlaas.worker.preload import classifier_for
+
+    worker_id = settings.worker_id or default_worker_id()
+    t0 = time.monotonic()
+    spec = model_spec_from(settings)
+    preloaded = classifier_for(spec.onnx_path, settings.intra_op_threads)
+    classifier = preloaded or Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
+    log.info(
+        "model_loaded",
+        extra={
+            "worker_id": worker_id,
+            "model": spec.name,
+            "preloaded": preloaded is not None,
+            "ms": round((time.monotonic() - t0) * 1000),
+        },
+    )
+    protection = _scale_in_protection(worker_id, settings)
+    worker = Worker(
+        storage=open_storage_from(settings),
+        queue=open_queue_from(settings),
+        classifier=classifier,
+        worker_id=worker_id,
+        batch_size=settings.batch_size,
+        max_batch_delay_ms=settings.max_batch_delay_ms,
+        idle_timeout_s=settings.idle_timeout_s,
+        visibility_timeout_s=settings.visibility_timeout_s,
+        on_busy=protection.set if protection is not None else None,
+        parent_pid=settings.parent_pid,
+        keep_inputs=settings.keep_inputs,
+    )
+    return worker, protection
+
+
+def run_worker(settings: Settings) -> int:
+    """``dlaas worker``: JSON logs, then one worker until it exits; its exit code."""
+    configure_logging(settings.log_level)
+    worker, protection = build_worker(settings)
+    worker.install_signal_handlers()
+    try:
+        return worker.run()
+    finally:
+        if protection is not None:
+            protection.close()
+        worker.queue.close()
+        worker.storage.close()
+
+
+def worker_main() -> int:
+    """A worker configured by its ``DLAAS_*`` environment alone (a forked child), with
+    the CLI's exit codes for errors."""
+    try:
+        return run_worker(load_settings())
+    except DlaasError as exc:
+        print(f"dlaas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _scale_in_protection(worker_id: str, settings: Settings) -> ScaleInProtection | None:
+    """In an Auto Scaling group, protect this instance while it holds messages.
+
+    Only EC2 worker IDs (``i-...``) can be protected; elsewhere this is None and the
+    worker never imports boto3.
+    """
+    if not worker_id.startswith("i-"):
+        return None
+    from dlaas.aws.protection import ScaleInProtection
+
+    return ScaleInProtection.for_worker(worker_id, region=settings.aws_region)

@@ -1,0 +1,32 @@
+"""Which model a configuration names: the user's own file, or a built-in one (built once).
+
+It lives with the model, not with the service builder (``dlaas.assemble``), because the
+fork server's preload needs it too, below the tiers.
+"""
+
+from __future__ import annotations
+
+from dlaas.model.cache import ensure_model
+from dlaas.model.custom import load_custom_model
+from dlaas.model.quantize import INT8_NAME, ensure_quantized_model
+from dlaas.model.spec import ModelSpec, Preprocessing
+from dlaas.settings import Settings
+
+
+def model_spec_from(settings: Settings, *, force: bool = False) -> ModelSpec:
+    """The user's own model if ``--model`` names a file, else the built-in one it names
+    (EfficientNet-Lite0 by default), built once into the cache, or again if ``force``."""
+    if settings.model_path is not None and settings.labels is not None:
+        preprocessing = Preprocessing(
+            input_size=settings.input_size,
+            resize_size=settings.resize_size,
+            mean=settings.mean,
+            std=settings.std,
+            layout=settings.layout,
+        )
+        return load_custom_model(settings.model_path, settings.labels, preprocessing)
+    if settings.builtin_model == INT8_NAME:
+        return ensure_quantized_model(
+            settings.model_cache_dir, calibration_dir=settings.calibration_dir, force=force
+        )
+    return ensure_model(settings.model_cache_dir, force=force)

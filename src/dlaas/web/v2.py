@@ -1,0 +1,263 @@
+"""The Open Inference Protocol (KServe v2 REST) beside dlaas's own API.
+
+Clients written for Triton, KServe, MLServer or OpenVINO Model Server reach the same
+path as ``/v1/classify``: the same checks, storage, queue, worker batching and
+autoscaling. One request of N images is N queue messages of one job, answered together
+(``sync_many``). Refusals use the protocol's ``{"error": "..."}`` (``error_response``;
+``create_app``'s handlers call it for every ``/v2`` path).
+
+``health_router`` holds the probes, which stay open; ``build_router`` the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from dlaas import __version__, protocol
+from dlaas.errors import WebError
+from dlaas.settings import Settings
+from dlaas.web import v2_schema as schema
+from dlaas.web.context import context
+from dlaas.web.multipart import read_body
+from dlaas.web.ops import readyz
+from dlaas.web.sync_many import classify_many
+from dlaas.web.uploads import check_length
+from dlaas.web.v2_codec import (
+    HEADER_LENGTH,
+    Contract,
+    InferRequest,
+    encode_response,
+    parse_request,
+    top_k_strings,
+)
+
+MAX_IMAGES = 256  # per infer request; docs/api.md
+MAX_BODY_BYTES = 256 * 1024 * 1024  # per infer request, unless one image needs more
+RESULT_TOP_K = 5  # what a worker's result holds; a larger classification asks for all scores
+PARSE_INLINE_BYTES = 256 * 1024  # more JSON than this is parsed off the event loop
+VERSION = "1"
+INPUT, OUTPUT = "image", "probabilities"
+EXTENSIONS = ["binary_tensor_data", "classification"]
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The model's name and labels as the web tier knows them (from the same settings)."""
+
+    name: str
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServedModel:
+        from dlaas.model.labels import imagenet_labels, read_labels
+
+        if settings.model_path is not None and settings.labels is not None:
+            return cls(settings.model_path.stem, read_labels(settings.labels))
+        return cls(settings.builtin_model or "efficientnet-lite0", imagenet_labels())
+
+
+def is_v2(request: Request) -> bool:
+    path: str = request.scope["path"]
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_response(
+    status_code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A refusal in the protocol's shape, which Triton's and KServe's clients read."""
+    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+
+
+health_router = APIRouter(tags=["open inference protocol"])
+
+
+@health_router.get("/v2/health/live", response_model=schema.Liveness)
+async def live() -> dict[str, bool]:
+    """The process is up (as ``/healthz``)."""
+    return {"live": True}
+
+
+@health_router.get(
+    "/v2/health/ready", response_model=schema.Readiness, responses={503: schema.NOT_READY}
+)
+async def ready(request: Request) -> JSONResponse:
+    """Storage, queue, replies and workers are ready (as ``/readyz``); else 503."""
+    ok, checks = await _readiness(request)
+    return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+
+async def _readiness(request: Request) -> tuple[bool, dict[str, str]]:
+    answer = await readyz(request)
+    # /readyz shows its checks to admin keys only (keys on); others get {}.
+    checks: dict[str, str] = json.loads(bytes(answer.body)).get("checks", {})
+    return answer.status_code == 200, checks
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The metadata and inference routes, for the model these settings serve."""
+    served = ServedModel.from_settings(settings)
+    contract = Contract(INPUT, OUTPUT, len(served.labels), MAX_IMAGES)
+    limit_bytes = max(MAX_BODY_BYTES, settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
+    router = APIRouter(tags=["open inference protocol"])
+    no_model: dict[int | str, dict[str, Any]] = {404: schema.ERRORS[404]}
+    not_ready: dict[int | str, dict[str, Any]] = {**no_model, 503: schema.NOT_READY}
+
+    def check_model(model: str, version: str | None = None) -> None:
+        if model != served.name:
+            raise WebError(
+                404,
+                "model_not_found",
+                f"unknown model {model!r}; this server serves {served.name!r}",
+            )
+        if version is not None and version != VERSION:
+            raise WebError(
+                404,
+                "model_not_found",
+                f"model {model!r} has no version {version!r}; it serves version {VERSION}",
+            )
+
+    # The infer routes first: a request is matched against the routes in order.
+    @router.post(
+        "/v2/models/{model}/infer",
+        response_model=schema.InferResponse,
+        responses=schema.ERRORS,
+        openapi_extra={"requestBody": schema.INFER_REQUEST_BODY},
+    )
+    async def infer(request: Request, model: str) -> Response:
+        """Classify N images (a BYTES input, base64 in JSON or raw with the binary data
+        extension); answer every class's probability, FP32 [N, classes], or with
+        ``{"classification": K}`` on the output the top K, BYTES [N, K] "score:index:label"."""
+        check_model(model)
+        ctx = context(request)
+        check_length(request, limit_bytes)
+        await ctx.uploads.backlog.check()
+        body = await read_body(request, limit_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        json_bytes = len(body) if header_length is None else _int_or_zero(header_length)
+        if json_bytes > PARSE_INLINE_BYTES:  # binary images are sliced, never parsed
+            parsed = await run_in_threadpool(parse_request, body, header_length, contract)
+        else:
+            parsed = parse_request(body, header_length, contract)
+        owner = request.state.owner
+        if ctx.uploads.owners is not None:
+            ctx.uploads.owners.check(owner, len(parsed.images))
+        images = [(f"{INPUT}[{n}]", data) for n, data in enumerate(parsed.images)]
+        records = await classify_many(
+            ctx.service,
+            ctx.hub,
+            images,
+            ctx.settings.classify_timeout_s,
+            owner=owner,
+            probabilities=parsed.needs_scores(RESULT_TOP_K),
+        )
+        return _answer(served, parsed, records)
+
+    @router.post(
+        "/v2/models/{model}/versions/{version}/infer",
+        response_model=schema.InferResponse,
+        responses=schema.ERRORS,
+        openapi_extra={"requestBody": schema.INFER_REQUEST_BODY},
+    )
+    async def infer_version(request: Request, model: str, version: str) -> Response:
+        """As ``POST /v2/models/{model}/infer``."""
+        check_model(model, version)
+        return await infer(request, model)
+
+    @router.get("/v2", response_model=schema.ServerMetadata)
+    async def server_metadata() -> dict[str, object]:
+        """Server name, version and the protocol extensions it speaks."""
+        return {"name": "dlaas", "version": __version__, "extensions": EXTENSIONS}
+
+    @router.get("/v2/models/{model}", response_model=schema.ModelMetadata, responses=no_model)
+    async def model_metadata(model: str) -> dict[str, object]:
+        """Inputs and outputs: encoded images in, class probabilities out."""
+        check_model(model)
+        return {
+            "name": served.name,
+            "versions": [VERSION],
+            "platform": "dlaas",
+            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, contract.classes]}],
+        }
+
+    @router.get(
+        "/v2/models/{model}/versions/{version}",
+        response_model=schema.ModelMetadata,
+        responses=no_model,
+    )
+    async def model_version_metadata(model: str, version: str) -> dict[str, object]:
+        """As ``GET /v2/models/{model}``, for its one version, 1."""
+        check_model(model, version)
+        return await model_metadata(model)
+
+    @router.get(
+        "/v2/models/{model}/ready", response_model=schema.ModelReadiness, responses=not_ready
+    )
+    async def model_ready(request: Request, model: str) -> JSONResponse:
+        """The model can classify: the service is ready (as ``/readyz``); else 503."""
+        check_model(model)
+        ok, checks = await _readiness(request)
+        body = {"name": served.name, "ready": ok, "checks": checks}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @router.get(
+        "/v2/models/{model}/versions/{version}/ready",
+        response_model=schema.ModelReadiness,
+        responses=not_ready,
+    )
+    async def model_version_ready(request: Request, model: str, version: str) -> JSONResponse:
+        """As ``GET /v2/models/{model}/ready``."""
+        check_model(model, version)
+        return await model_ready(request, model)
+
+    return router
+
+
+def _answer(
+    served: ServedModel, request: InferRequest, records: list[dict[str, object]]
+) -> Response:
+    for n, record in enumerate(records):
+        if record["status"] != "done":
+            reason = record.get("error") or f"its result is {record['status']}"
+            raise WebError(
+                422, "undecodable_image", f"{INPUT}[{n}] could not be classified: {reason}"
+            )
+    (output,) = request.outputs
+    scores = [_scores(r) for r in records]
+    tensor: np.ndarray | list[list[str]]
+    if output.classification is not None:
+        k = output.classification
+        tensor = [
+            top_k_strings(r, k, served.labels, s) for r, s in zip(records, scores, strict=True)
+        ]
+    else:
+        if any(s is None for s in scores):
+            raise WebError(502, "no_scores", "a worker answered without the probabilities; retry")
+        tensor = np.stack([s for s in scores if s is not None])
+    body, headers, media_type = encode_response(
+        model_name=served.name,
+        model_version=VERSION,
+        request_id=request.id,
+        output_name=OUTPUT,
+        output=output,
+        tensor=tensor,
+    )
+    return Response(body, headers=headers, media_type=media_type)
+
+
+def _int_or_zero(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+def _scores(record: dict[str, object]) -> np.ndarray | None:
+    packed = record.get("probabilities")
+    if not isinstance(packed, str):
+        return None
+    return np.frombuffer(protocol.unpack_scores(packed), dtype=protocol.SCORES_DTYPE)

@@ -1,0 +1,155 @@
+"""Cross-process wake-ups of sqlite queues: who listens, who is woken, and the poll fallback.
+
+Each receiver here polls ``PRAGMA data_version`` only every 60 s, longer than it waits,
+so a message that arrives while it waits can only reach it through a wake-up datagram.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from dlaas.queue.sqlite import SqliteQueue
+from dlaas.queue.sqlite_wake import SUPPORTED
+
+pytestmark = pytest.mark.skipif(not SUPPORTED, reason="wake-ups use Linux abstract sockets")
+
+FORK = multiprocessing.get_context("fork")
+NO_POLL_S = 60.0
+
+
+def _listeners(path: Path) -> list[tuple[str, str]]:
+    """The listener rows; none while no process has created the table yet."""
+    with closing(sqlite3.connect(path)) as conn:
+        try:
+            rows = conn.execute("SELECT queue, address FROM listeners ORDER BY queue").fetchall()
+        except sqlite3.OperationalError:
+            return []
+    return [(str(q), str(a)) for q, a in rows]
+
+
+def _wait_for_listeners(path: Path, count: int, timeout_s: float = 10.0) -> list[tuple[str, str]]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = _listeners(path)
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.02)
+    raise AssertionError(f"expected {count} listener rows, found {_listeners(path)}")
+
+
+def _send_when_listened(path: Path, name: str, body: str) -> None:
+    queue = SqliteQueue(path, "sender")
+    _wait_for_listeners(path, 1)
+    queue.sibling(name).send(body)
+    queue.close()
+
+
+def test_a_send_from_another_process_wakes_a_receiver_that_does_not_poll(tmp_path: Path) -> None:
+    # given: a receiver that would not look again for a minute
+    path = tmp_path / "queue.db"
+    queue = SqliteQueue(path, "input", poll_interval_s=NO_POLL_S)
+    sender = FORK.Process(target=_send_when_listened, args=(path, "input", "hi"))
+    sender.start()
+    # when: another process sends while it waits
+    batch = queue.receive(max_messages=1, wait_time_s=20)
+    sender.join(timeout=10)
+    # then: the wake-up delivered it long before any poll would have
+    assert [m.body for m in batch] == ["hi"]
+    assert sender.exitcode == 0
+    queue.close()
+
+
+def _receive_forever(path: str) -> None:
+    SqliteQueue(path, "input", poll_interval_s=NO_POLL_S).receive(wait_time_s=60)
+
+
+def test_a_dead_listener_is_dropped_by_the_next_send(tmp_path: Path) -> None:
+    # given: a process that listened on "input" and was killed without closing anything
+    path = tmp_path / "queue.db"
+    child = FORK.Process(target=_receive_forever, args=(str(path),))
+    child.start()
+    (row,) = _wait_for_listeners(path, 1)
+    assert child.pid is not None
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=10)
+    # when: a message is sent to "input"
+    queue = SqliteQueue(path, "input")
+    queue.send("x")
+    # then: its wake-up is refused and the stale row removed; the message is still there
+    assert row not in _listeners(path)
+    assert [m.body for m in queue.receive()] == ["x"]
+    queue.close()
+
+
+def test_a_listener_row_is_removed_when_the_queue_is_closed(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    queue = SqliteQueue(path, "input", poll_interval_s=NO_POLL_S)
+    assert queue.receive(wait_time_s=0.05) == []
+    assert [name for name, _ in _listeners(path)] == ["input"]
+    queue.close()
+    assert _listeners(path) == []
+
+
+def test_a_writer_that_sends_no_wake_up_is_still_seen_by_the_poll(tmp_path: Path) -> None:
+    # given: a receiver on the default poll, and a writer that knows nothing of listeners
+    # (an older dlaas, or a tool writing to the file)
+    path = tmp_path / "queue.db"
+    queue = SqliteQueue(path, "input")
+    assert queue.receive(wait_time_s=0.05) == []
+
+    def insert() -> None:
+        time.sleep(0.3)
+        with closing(sqlite3.connect(path)) as conn, conn:
+            now = time.time()
+            conn.execute(
+                "INSERT INTO messages (queue, id, body, sent_at, visible_at)"
+                " VALUES ('input', ?, 'plain', ?, ?)",
+                (uuid.uuid4().hex, now, now),
+            )
+
+    writer = FORK.Process(target=insert)
+    writer.start()
+    # when / then: the data_version poll finds the row
+    batch = queue.receive(wait_time_s=20)
+    writer.join(timeout=10)
+    assert [m.body for m in batch] == ["plain"]
+    queue.close()
+
+
+def _listen_then_leave(path: str) -> None:
+    queue = SqliteQueue(path, "input", poll_interval_s=NO_POLL_S)
+    queue.receive(wait_time_s=0.05)
+    queue.close()
+
+
+def test_a_forked_child_listens_on_its_own_and_leaves_the_parents_listener_alone(
+    tmp_path: Path,
+) -> None:
+    # given: a parent that listens, and a child forked from it that listens and exits
+    path = tmp_path / "queue.db"
+    queue = SqliteQueue(path, "input", poll_interval_s=NO_POLL_S)
+    assert queue.receive(wait_time_s=0.05) == []
+    (parent_row,) = _listeners(path)
+    child = FORK.Process(target=_listen_then_leave, args=(str(path),))
+    child.start()
+    child.join(timeout=20)
+    assert child.exitcode == 0
+    # then: the parent's row is still there and still wakes it; the child's (it exited
+    # holding a reference inherited from the parent) is dropped by that send
+    assert parent_row in _listeners(path)
+    sender = FORK.Process(target=_send_when_listened, args=(path, "input", "after the child"))
+    sender.start()
+    batch = queue.receive(max_messages=1, wait_time_s=20)
+    sender.join(timeout=10)
+    assert [m.body for m in batch] == ["after the child"]
+    assert _listeners(path) == [parent_row]
+    queue.close()
