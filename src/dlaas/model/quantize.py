@@ -12,9 +12,6 @@ import contextlib
 import io
 import json
 import logging
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -31,7 +28,7 @@ from dlaas.model.cache import (
     exclusive_lock,
     fingerprint,
     sha256_file,
-    swap_into_place,
+    staged_build,
     unchanged,
 )
 from dlaas.model.calibration import CalibrationSource, calibration_inputs, find_calibration_photos
@@ -138,11 +135,8 @@ def build_quantized(target: Path, fp32: ModelSpec, source: CalibrationSource, co
     """Quantize ``fp32`` into ``target`` on ``count`` crops of ``source``, atomically."""
     import onnx  # build-time only, like the fp32 converter
 
-    started = time.perf_counter()
-    log.info("model_build_started", extra={"model_dir": str(target), "photos": source.description})
-    staging = Path(tempfile.mkdtemp(prefix=f".{INT8_NAME}-build-", dir=target.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from workers run as others
+    with staged_build(target, photos=source.description) as build:
+        staging = build.staging
         model = onnx.load(str(fp32.onnx_path))
         inputs = calibration_inputs(source, count, fp32.preprocessing, seed=CALIBRATION_SEED)
         kept = fp32_nodes(model)
@@ -172,7 +166,7 @@ def build_quantized(target: Path, fp32: ModelSpec, source: CalibrationSource, co
             },
             "recipe": {
                 "format": "QDQ",
-                "activations": "uint8 per tensor, MinMax ranges",
+                "activations": f"uint8 per tensor, {PERCENTILE}th percentile ranges",
                 "weights": "int8 per channel, symmetric, GPTQ rounding, pairs capped at 128",
                 "fp32_nodes": kept,
             },
@@ -181,19 +175,8 @@ def build_quantized(target: Path, fp32: ModelSpec, source: CalibrationSource, co
             "fingerprints": {"model": fingerprint(staging / MODEL_FILE)},
             "num_classes": len(fp32.labels),
             "preprocessing": fp32.preprocessing.to_dict(),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "build_s": round(time.perf_counter() - started, 3),
         }
-        # The manifest goes last: a directory without one is never taken for a build.
-        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
-        swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info(
-        "model_build_finished",
-        extra={"model_dir": str(target), "build_s": round(time.perf_counter() - started, 3)},
-    )
+        build.publish(manifest)
 
 
 def fp32_nodes(model: onnx.ModelProto, blocks: int | None = None) -> list[str]:
