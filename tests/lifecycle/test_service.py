@@ -103,6 +103,21 @@ def test_cancel_while_half_done_classifies_nothing_more(serve: ServeProcess) -> 
     # the results done before the cancel stay readable
     done = [r for r in job["results"] if r["status"] == "done"]
     assert len(done) == counts["done"] and all(r["predictions"] for r in done)
+    # and the event stream ends by saying so, for a page that never sent the DELETE itself
+    end = end_event(serve.url, job_id)
+    assert end["status"] == "cancelled" and end["cancelled"] == counts["cancelled"], end
+
+
+def end_event(url: str, job_id: str) -> dict[str, Any]:
+    event = ""
+    with httpx.stream("GET", f"{url}/v1/jobs/{job_id}/events", timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "end":
+                data: dict[str, Any] = json.loads(line[6:])
+                return data
+    raise AssertionError("the stream closed without an end event")
 
 
 def _epoch(ts: str) -> float:

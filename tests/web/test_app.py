@@ -123,7 +123,7 @@ def test_event_stream_sends_each_result_then_end(client: TestClient, small_jpeg:
         if event == "classifying":
             later = [d["image_id"] for e, d in events[n:] if e == "result"]
             assert data["image_id"] in later
-    assert events[-1][1]["done"] == 2
+    assert events[-1][1]["done"] == 2 and events[-1][1]["status"] == "complete"
 
 
 def test_classify_waits_for_top5(client: TestClient, small_jpeg: bytes) -> None:

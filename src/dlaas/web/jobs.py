@@ -133,7 +133,8 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
                     continue
                 result = await run_in_threadpool(service.result, job_id, reply.image_id)
                 yield emit(result)
-            yield sse("end", {"job_id": job_id, "total": total, **counts})
+            status = "cancelled" if counts.get("cancelled") else "complete"
+            yield sse("end", {"job_id": job_id, "total": total, "status": status, **counts})
         finally:
             hub.unsubscribe(job_id, inbox)
 

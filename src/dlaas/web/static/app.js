@@ -325,9 +325,9 @@
       source.addEventListener(name, (event) => handler(job, parseJSON(event.data) || {}));
     on("classifying", onClassifying);
     on("result", onResult);
-    source.addEventListener("end", () => {
+    source.addEventListener("end", (event) => {
       closeStream(job, source);
-      finishJob(job);
+      finishJob(job, (parseJSON(event.data) || {}).status);
     });
     source.addEventListener("open", () => {
       job.retries = 0;
@@ -373,11 +373,13 @@
     else failItem(job, item, `Could not classify: ${result.error || "unknown error"}`);
   }
 
-  function finishJob(job) {
-    job.status = job.cancelling ? "cancelled" : "complete";
+  /** The server's word wins: the end event can arrive before the page's DELETE returns. */
+  function finishJob(job, status) {
+    const c = counts(job);
+    const wasCancelled = status === "cancelled" || job.cancelling || c.cancelled > 0;
+    job.status = wasCancelled ? "cancelled" : "complete";
     job.endedAt = performance.now();
     renderJobSummary(job);
-    const c = counts(job);
     const cancelled = c.cancelled ? `, ${c.cancelled} cancelled` : "";
     announce(
       `Job ${job.number} ${job.status}: ${c.done} done, ${c.failed} failed${cancelled}, ` +
