@@ -12,7 +12,9 @@ import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
+
+from dlaas.errors import StorageError
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -24,6 +26,70 @@ WorkerHealth = Literal["starting", "idle", "busy", "stopped"]
 """``state`` in a worker's record at ``worker_key``. A worker asked to drain keeps
 reporting ``idle`` or ``busy`` until it exits (``stopped``, with an ``exit_reason``):
 draining is what a launcher sees (``WorkerState.DRAINING``), never what a worker writes."""
+
+
+class Prediction(TypedDict):
+    class_id: int
+    label: str
+    score: float
+
+
+class ResultRecord(TypedDict):
+    """The JSON at ``result_key`` (and inside an inline ``Reply``); see ``result_record``."""
+
+    job_id: str
+    image_id: str
+    status: ResultStatus
+    predictions: list[Prediction]
+    error: str | None
+    model: str
+    worker_id: str
+    timings_ms: dict[str, float]
+    enqueued_at: float | None
+    received_at: float | None
+    completed_at: float
+    probabilities: NotRequired[str]  # only when the task asked (``pack_scores``)
+    filename: NotRequired[str]  # added by the web tier from the manifest, never stored
+
+
+class ImageEntry(TypedDict):
+    """One accepted image as the manifest lists it; the web tier checked all of it."""
+
+    image_id: str
+    filename: str
+    format: str
+    width: int
+    height: int
+    size_bytes: int
+
+
+class JobManifest(TypedDict):
+    """The JSON at ``manifest_key``: what a job holds and whose it is."""
+
+    job_id: str
+    created_at: float
+    images: list[ImageEntry]
+    owner: NotRequired[str]  # absent in manifests written before API keys: ``anonymous``
+
+
+class RecordError(StorageError):
+    """A stored record is not the shape this version writes (corrupt or foreign)."""
+
+
+def _record(obj: object, required: tuple[str, ...], what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict) or not all(k in obj for k in required):
+        raise RecordError(f"the stored {what} is not a dlaas {what}; it may be corrupt")
+    return cast(dict[str, Any], obj)
+
+
+def as_result(obj: object) -> ResultRecord:
+    """A result record read back from storage or a reply, checked for its keys."""
+    return cast(ResultRecord, _record(obj, ("image_id", "status"), "result record"))
+
+
+def as_manifest(obj: object) -> JobManifest:
+    """A job manifest read back from storage, checked for its keys."""
+    return cast(JobManifest, _record(obj, ("job_id", "created_at", "images"), "job manifest"))
 
 
 def new_id() -> str:
@@ -145,7 +211,7 @@ class Reply:
     batch: dict[str, float] | None = None
     # The whole result record when the task asked for ``inline_result``; else None and the
     # record is at ``result_key``.
-    result: dict[str, Any] | None = None
+    result: ResultRecord | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -165,7 +231,7 @@ class Reply:
             enqueued_at=data.get("enqueued_at"),
             completed_at=data.get("completed_at"),
             batch=data.get("batch"),
-            result=data["result"] if isinstance(data.get("result"), dict) else None,
+            result=as_result(data["result"]) if isinstance(data.get("result"), dict) else None,
         )
 
 
@@ -176,20 +242,19 @@ def result_record(
     status: ResultStatus,
     model: str,
     worker_id: str,
-    predictions: list[dict[str, Any]] | None = None,
+    predictions: list[Prediction] | None = None,
     error: str | None = None,
     timings_ms: dict[str, float] | None = None,
     enqueued_at: float | None = None,
     received_at: float | None = None,
     probabilities: str | None = None,
-) -> dict[str, Any]:
+) -> ResultRecord:
     """The JSON stored at ``result_key``: top-k predictions or the failure reason.
 
     ``probabilities``, only when the task asked for them: every class's softmax score as
     base64 of little-endian float32 (``SCORES_DTYPE``), 5.3 kB for 1,000 classes.
     """
-    extra = {} if probabilities is None else {"probabilities": probabilities}
-    return {
+    record: ResultRecord = {
         "job_id": job_id,
         "image_id": image_id,
         "status": status,
@@ -201,8 +266,10 @@ def result_record(
         "enqueued_at": enqueued_at,
         "received_at": received_at,  # when the worker took the message off the queue
         "completed_at": time.time(),
-        **extra,
     }
+    if probabilities is not None:
+        record["probabilities"] = probabilities
+    return record
 
 
 def pack_scores(scores: NDArray[Any]) -> str:

@@ -66,7 +66,7 @@ class JobCatalog:
 
     def page(
         self, owner: str, *, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[list[protocol.JobManifest], str | None]:
         """Up to ``limit`` manifests after ``cursor`` (a job ID), and the next cursor.
 
         A job purged or expired between the listing and the read is left out, not an error.
@@ -75,7 +75,7 @@ class JobCatalog:
         if cursor is not None:
             after = sort_key(cursor)
             ids = [i for i in ids if sort_key(i) < after]
-        manifests: list[dict[str, Any]] = []
+        manifests: list[protocol.JobManifest] = []
         for position, job_id in enumerate(ids):
             manifest = self.manifest(job_id)
             if manifest is None or (owner != ANONYMOUS and owner_of(manifest) != owner):
@@ -86,9 +86,9 @@ class JobCatalog:
                 return manifests, (job_id if more else None)
         return manifests, None
 
-    def manifest(self, job_id: str) -> dict[str, Any] | None:
+    def manifest(self, job_id: str) -> protocol.JobManifest | None:
         try:
-            return dict(self.storage.get_json(protocol.manifest_key(job_id)))
+            return protocol.as_manifest(self.storage.get_json(protocol.manifest_key(job_id)))
         except ObjectNotFound:
             return None
 

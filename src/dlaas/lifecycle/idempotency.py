@@ -90,7 +90,7 @@ class IdempotencyStore:
         if record.get("enqueued"):
             return 0
         job_id = record["job_id"]
-        manifest = self.storage.get_json(protocol.manifest_key(job_id))
+        manifest = protocol.as_manifest(self.storage.get_json(protocol.manifest_key(job_id)))
         done = {
             k.rsplit("/", 1)[1].removesuffix(".json")
             for k in self.storage.list(protocol.results_prefix(job_id))

@@ -91,7 +91,7 @@ def outbox_record(job_id: str, target: Target, results_url: str, owner: str) -> 
 def job_summary(storage: Storage, job_id: str) -> dict[str, Any] | None:
     """Status and counts of a job from storage; None when the job is gone."""
     try:
-        manifest = storage.get_json(protocol.manifest_key(job_id))
+        manifest = protocol.as_manifest(storage.get_json(protocol.manifest_key(job_id)))
     except ObjectNotFound:
         return None
     total = len(manifest["images"])
@@ -104,14 +104,14 @@ def job_summary(storage: Storage, job_id: str) -> dict[str, Any] | None:
         statuses = []
         for key in keys:
             try:
-                statuses.append(str(storage.get_json(key).get("status", "")))
+                statuses.append(protocol.as_result(storage.get_json(key))["status"])
             except ObjectNotFound:
                 continue
         complete = True
     state, counts = job_counts(total, statuses, cancelled=cancelled)
     if not complete:
         state = "cancelling" if cancelled else "running"
-    return {"status": state, "counts": counts, "created_at": manifest.get("created_at")}
+    return {"status": state, "counts": counts, "created_at": manifest["created_at"]}
 
 
 def payload(record: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from dlaas import protocol
 from dlaas.errors import ConfigError
 
 Layout = Literal["NCHW", "NHWC"]
@@ -20,7 +21,7 @@ class Prediction:
     label: str
     score: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> protocol.Prediction:
         return {"class_id": self.class_id, "label": self.label, "score": self.score}
 
 

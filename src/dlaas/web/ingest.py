@@ -42,7 +42,7 @@ class PendingJob:
     """A job being assembled one file at a time, so only one image is in memory."""
 
     job_id: str = field(default_factory=protocol.new_job_id)
-    images: list[dict[str, Any]] = field(default_factory=list)
+    images: list[protocol.ImageEntry] = field(default_factory=list)
     stored_keys: list[str] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
     owner: str = ANONYMOUS  # the API key's owner; only they can read the job
@@ -67,12 +67,12 @@ class JobService:
         self.owner_backlog = owner_backlog
         # Result records never change once written, so polling a big job reads each
         # from storage once, not on every GET.
-        self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._results: OrderedDict[str, protocol.ResultRecord] = OrderedDict()
         self._results_lock = threading.Lock()
 
     def add(
         self, job: PendingJob, filename: str, data: bytes, image_id: str | None = None
-    ) -> dict[str, Any]:
+    ) -> protocol.ImageEntry:
         """Validate and store one image of ``job``; raises WebError naming the file."""
         try:
             info = check_image(data, filename, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
@@ -83,7 +83,7 @@ class JobService:
         key = protocol.input_key(job.job_id, image_id)
         self.storage.put(key, data)
         job.stored_keys.append(key)
-        image = {
+        image: protocol.ImageEntry = {
             "image_id": image_id,
             "filename": _display_name(filename),
             "format": info.format,
@@ -103,7 +103,7 @@ class JobService:
         manifest: bool = True,
         inline_result: bool = False,
         probabilities: bool = False,
-    ) -> dict[str, Any]:
+    ) -> protocol.JobManifest:
         """Write the manifest and enqueue every image in one batch.
 
         ``progress`` asks workers for a "classifying" notice too (job streams show it;
@@ -139,7 +139,7 @@ class JobService:
             self.on_accepted(len(job.images))
         return record
 
-    def manifest_of(self, job: PendingJob) -> dict[str, Any]:
+    def manifest_of(self, job: PendingJob) -> protocol.JobManifest:
         return {
             "job_id": job.job_id,
             "created_at": job.created_at,
@@ -147,7 +147,7 @@ class JobService:
             "owner": job.owner,
         }
 
-    def write_manifest(self, job: PendingJob) -> dict[str, Any]:
+    def write_manifest(self, job: PendingJob) -> protocol.JobManifest:
         """Make the job visible at ``GET /v1/jobs/<id>``; return the manifest."""
         record = self.manifest_of(job)
         key = protocol.manifest_key(job.job_id)
@@ -174,7 +174,7 @@ class JobService:
         started_at: float | None = None,
         *,
         owner: str = ANONYMOUS,
-    ) -> dict[str, Any]:
+    ) -> protocol.ResultRecord:
         """Enqueue one image as a job of its own and wait for its result.
 
         The result comes inside the reply, so nothing is read from storage. On timeout
@@ -204,7 +204,7 @@ class JobService:
                 extra={"job_id": job.job_id, "image_id": image_id},
             ) from None
         if reply.result is not None:  # the worker sent it inline: no storage read
-            result = dict(reply.result)
+            result = reply.result.copy()
         else:
             result = await run_in_threadpool(self.result, reply.job_id, reply.image_id)
         result["filename"] = job.images[0]["filename"]
@@ -230,18 +230,20 @@ class JobService:
             except DlaasError:
                 log.warning("abort_cleanup_failed", extra={"job_id": job.job_id, "key": key})
 
-    def manifest(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+    def manifest(self, job_id: str, owner: str | None = None) -> protocol.JobManifest:
         """The job's manifest; with ``owner``, another owner's job is "not found" too."""
         not_found = WebError(404, "job_not_found", f"no job {job_id!r}; check the job_id")
         try:
-            record = dict(self.storage.get_json(protocol.manifest_key(_check_id(job_id))))
+            record = protocol.as_manifest(
+                self.storage.get_json(protocol.manifest_key(_check_id(job_id)))
+            )
         except ObjectNotFound:
             raise not_found from None
         if owner is not None and record.get("owner", ANONYMOUS) != owner:
             raise not_found
         return record
 
-    def results(self, job_id: str, skip: Iterable[str] = ()) -> list[dict[str, Any]]:
+    def results(self, job_id: str, skip: Iterable[str] = ()) -> list[protocol.ResultRecord]:
         """Stored results of a job, except those whose image IDs are in ``skip``."""
         seen = set(skip)
         out = []
@@ -255,22 +257,22 @@ class JobService:
                 continue
         return out
 
-    def result(self, job_id: str, image_id: str) -> dict[str, Any]:
+    def result(self, job_id: str, image_id: str) -> protocol.ResultRecord:
         return self._read_result(protocol.result_key(job_id, image_id))
 
-    def _read_result(self, key: str) -> dict[str, Any]:
+    def _read_result(self, key: str) -> protocol.ResultRecord:
         """A copy of the stored record, from the cache when this process has read it before."""
         with self._results_lock:
             cached = self._results.get(key)
             if cached is not None:
                 self._results.move_to_end(key)
-                return dict(cached)
-        record = dict(self.storage.get_json(key))
+                return cached.copy()
+        record = protocol.as_result(self.storage.get_json(key))
         with self._results_lock:
             self._results[key] = record
             if len(self._results) > RESULT_CACHE_SIZE:
                 self._results.popitem(last=False)
-        return dict(record)
+        return record.copy()
 
     def status(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
         manifest = self.manifest(job_id, owner)
@@ -280,7 +282,10 @@ class JobService:
 
 
 def job_status(
-    manifest: dict[str, Any], results: list[dict[str, Any]], *, cancelled: bool = False
+    manifest: protocol.JobManifest,
+    results: list[protocol.ResultRecord],
+    *,
+    cancelled: bool = False,
 ) -> dict[str, Any]:
     names = {image["image_id"]: image["filename"] for image in manifest["images"]}
     total = len(manifest["images"])
@@ -303,7 +308,7 @@ def job_status(
 
 
 def _with_web_hops(
-    result: dict[str, Any], started_at: float, replied_at: float
+    result: protocol.ResultRecord, started_at: float, replied_at: float
 ) -> dict[str, float]:
     """The worker's timings plus the web tier's hops, so one result shows the whole trip.
 

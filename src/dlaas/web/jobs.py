@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from dlaas import protocol
 from dlaas.errors import WebError
 from dlaas.web.context import context
 from dlaas.web.lifecycle import Replay, Submission
@@ -106,7 +107,7 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
         counts = {"done": 0, "failed": 0}
         names = {i["image_id"]: i["filename"] for i in manifest["images"]}
 
-        def emit(result: dict[str, Any]) -> str:
+        def emit(result: protocol.ResultRecord) -> str:
             seen.add(result["image_id"])
             counts[result["status"]] = counts.get(result["status"], 0) + 1
             result["filename"] = names.get(result["image_id"], "")

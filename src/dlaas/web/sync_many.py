@@ -28,7 +28,7 @@ async def classify_many(
     *,
     owner: str,
     probabilities: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[protocol.ResultRecord]:
     """The result record of each image, in order; WebError for a refusal or a timeout."""
     job = PendingJob(owner=owner)
     image_ids = [protocol.new_id() for _ in images]
@@ -56,7 +56,7 @@ async def classify_many(
     for future in futures:
         reply = future.result()
         if reply.result is not None:
-            records.append(dict(reply.result))
+            records.append(reply.result.copy())
         else:  # the reply could not carry it: the worker stored it instead
             records.append(await run_in_threadpool(service.result, reply.job_id, reply.image_id))
     return records

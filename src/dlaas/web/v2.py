@@ -221,7 +221,7 @@ def build_router(settings: Settings) -> APIRouter:
 
 
 def _answer(
-    served: ServedModel, request: InferRequest, records: list[dict[str, object]]
+    served: ServedModel, request: InferRequest, records: list[protocol.ResultRecord]
 ) -> Response:
     for n, record in enumerate(records):
         if record["status"] != "done":
@@ -256,7 +256,7 @@ def _int_or_zero(text: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def _scores(record: dict[str, object]) -> np.ndarray | None:
+def _scores(record: protocol.ResultRecord) -> np.ndarray | None:
     packed = record.get("probabilities")
     if not isinstance(packed, str):
         return None

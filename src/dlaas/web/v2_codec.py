@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dlaas import protocol
 from dlaas.errors import WebError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -205,7 +206,7 @@ def _outputs(requested: Any, binary_default: bool, contract: Contract) -> list[O
 
 
 def top_k_strings(
-    result: dict[str, Any], k: int, labels: Sequence[str], scores: np.ndarray | None
+    result: protocol.ResultRecord, k: int, labels: Sequence[str], scores: np.ndarray | None
 ) -> list[str]:
     """The classification extension's ``"score:index:label"``, best first, as Triton writes."""
     if scores is not None:

@@ -48,9 +48,9 @@ class _Item:
     array: np.ndarray | None = None
     error: str | None = None
     retry: bool = False  # a transient failure: leave the message for redelivery
-    predictions: list[dict[str, Any]] | None = None
+    predictions: list[protocol.Prediction] | None = None
     probabilities: str | None = None  # every class's score, when the task asks for them
-    record: dict[str, Any] | None = None  # the result record, once built
+    record: protocol.ResultRecord | None = None  # once built
     received_at: float = field(default_factory=time.time)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
