@@ -170,6 +170,9 @@ def with_binary(declared: int, raw: bytes) -> tuple[bytes, dict[str, str]]:
         (one_input(shape=[2]), {}, "holds 1"),
         (one_input(shape=[1, 3]), {}, "[N] or [N, 1]"),
         (one_input(data=["not base64!"]), {}, "not base64"),
+        (one_input(data=["QUJD\nREVG"]), {}, "not base64"),  # line breaks: not strict base64
+        (one_input(data=["QQ"]), {}, "not base64"),  # padding left off
+        (one_input(data=["été"]), {}, "not base64"),
         (one_input(shape=[257]), {}, "the limit is 256"),
         (one_input(data=None), {}, "no 'data'"),
         (b'{"inputs": []}xx', {"Inference-Header-Content-Length": "99"}, "Inference-Header"),
