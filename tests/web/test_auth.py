@@ -45,7 +45,7 @@ TABLE: list[tuple[str, str, tuple[int, ...]]] = [
     ("GET", "/readyz", PUBLIC),
     ("GET", "/v1/whoami", PUBLIC),
     ("GET", "/", PUBLIC),
-    ("GET", "/static/app.js", PUBLIC),
+    ("GET", "/static/main.js", PUBLIC),
     ("GET", "/docs", PUBLIC),
     ("GET", "/docs/static/swagger-ui-bundle.js", PUBLIC),
     ("GET", "/openapi.json", PUBLIC),

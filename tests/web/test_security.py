@@ -77,7 +77,7 @@ def test_exposure_rules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Non
 
 def test_the_page_and_api_send_strict_headers() -> None:
     with client_for() as client:
-        for path in ("/", "/v1/stats", "/static/app.js", "/no-such-page"):
+        for path in ("/", "/v1/stats", "/static/main.js", "/no-such-page"):
             headers = client.get(path).headers
             csp = headers["content-security-policy"]
             assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp, path
