@@ -158,6 +158,7 @@ def with_binary(declared: int, raw: bytes) -> tuple[bytes, dict[str, str]]:
     [
         (b"not json", {}, "not JSON"),
         (b"[]", {}, "JSON object"),
+        (b"[" * 100_000 + b"]" * 100_000, {}, "not JSON"),  # a nesting bomb
         (json.dumps({"inputs": []}).encode(), {}, "exactly one input"),
         (one_input([{"name": "logits"}]), {}, "unknown output 'logits'"),
         (
