@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +12,8 @@ import pytest
 from PIL import Image
 
 if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
     from dlaas.model import ModelSpec
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -24,6 +26,33 @@ def need(available: bool, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (required because CI=true)")
     pytest.skip(reason)
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's (apt-get install -y chromium); none is downloaded
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Debian's chromium driven by Playwright, for the page tests."""
+    from playwright.sync_api import sync_playwright
+
+    need(CHROMIUM.exists(), f"{CHROMIUM} is missing; install it with apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
 
 
 def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:

@@ -8,26 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from dlaas.model import ModelSpec
-from tests.conftest import need
 from tests.support import ServeProcess
-from tests.web.test_page import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 IMAGES = 150
-
-
-@pytest.fixture
-def chromium() -> Iterator[Browser]:
-    need(CHROMIUM.exists(), f"{CHROMIUM} is missing; install it with apt-get install -y chromium")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture
@@ -49,7 +36,7 @@ def slow_server(tmp_path: Path, tiny_spec: ModelSpec) -> Iterator[ServeProcess]:
 
 
 def test_cancel_a_running_job_from_the_page(
-    chromium: Browser, slow_server: ServeProcess, tmp_path: Path
+    browser: Browser, slow_server: ServeProcess, tmp_path: Path
 ) -> None:
     paths = []
     for n in range(IMAGES):
@@ -57,7 +44,7 @@ def test_cancel_a_running_job_from_the_page(
         Image.new("RGB", (48, 32), (n, 255 - n, 80)).save(path)
         paths.append(path)
     errors: list[str] = []
-    page = chromium.new_page(viewport={"width": 1360, "height": 1000})
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(slow_server.url + "/")

@@ -13,26 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, expect
 from prometheus_client.parser import text_string_to_metric_families
 
 from dlaas import protocol
 from dlaas.keys import add_key
 from dlaas.model import ModelSpec
-from tests.conftest import need
 from tests.support import ServeProcess
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 OUTPUT_DIR = Path(__file__).resolve().parents[2] / "test-output"
 
 # Accepted top-1 labels (short names) for each scikit-image photo.
@@ -70,17 +58,6 @@ def server(
         yield serve
     finally:
         serve.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    need(CHROMIUM.exists(), f"{CHROMIUM} is missing; install it with apt-get install -y chromium")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def write_photos(

@@ -17,12 +17,15 @@ def job_counts(
     """``(status, counts)``. ``counts`` gains ``cancelled`` once the job is cancelled.
 
     A cancelled job is ``cancelling`` while any image is still queued or in a worker's
-    hands, and ``cancelled`` once every image is done, failed or cancelled.
+    hands, and ``cancelled`` once every image is done, failed or cancelled. A cancelled
+    image's result is proof of the cancel too, for readers that see no cancel marker
+    (an event stream).
     """
     tally = {"done": 0, "failed": 0, "cancelled": 0}
     for status in statuses:
         if status in tally:
             tally[status] += 1
+    cancelled = cancelled or tally["cancelled"] > 0
     finished = sum(tally.values())
     counts = {
         "total": total,

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from dlaas import protocol
 from dlaas.errors import WebError
+from dlaas.lifecycle.status import job_counts
 from dlaas.web.context import context
 from dlaas.web.lifecycle import Replay, Submission
 from dlaas.web.sse import EVENT_STREAM_DOC, EventStreamResponse, event_stream, sse
@@ -103,13 +104,11 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
 
     async def stream() -> AsyncIterator[str]:
         total = len(manifest["images"])
-        seen: set[str] = set()
-        counts = {"done": 0, "failed": 0}
+        seen: dict[str, str] = {}  # image ID -> its result's status
         names = {i["image_id"]: i["filename"] for i in manifest["images"]}
 
         def emit(result: protocol.ResultRecord) -> str:
-            seen.add(result["image_id"])
-            counts[result["status"]] = counts.get(result["status"], 0) + 1
+            seen[result["image_id"]] = result["status"]
             result["filename"] = names.get(result["image_id"], "")
             return sse("result", result)
 
@@ -134,8 +133,8 @@ async def job_events(job_id: str, request: Request) -> StreamingResponse:
                     continue
                 result = await run_in_threadpool(service.result, job_id, reply.image_id)
                 yield emit(result)
-            status = "cancelled" if counts.get("cancelled") else "complete"
-            yield sse("end", {"job_id": job_id, "total": total, "status": status, **counts})
+            status, counts = job_counts(total, seen.values(), cancelled=False)
+            yield sse("end", {"job_id": job_id, "status": status, **counts})
         finally:
             hub.unsubscribe(job_id, inbox)
 

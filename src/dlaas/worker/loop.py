@@ -91,7 +91,9 @@ class Worker:
         self.parent_pid = parent_pid
         self.health = HealthRecord(storage, worker_id)
         self._heartbeat = VisibilityHeartbeat(queue, visibility_timeout_s)
-        self.settler = Settler(storage, queue, worker_id, classifier.name, keep_inputs)
+        self.settler = Settler(
+            storage, queue, worker_id, classifier.name, keep_inputs, self._reply_queue
+        )
         self._stop = threading.Event()
         self._reply_queues: dict[str, Queue] = {}
         self._next_drain_check = 0.0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from dlaas import protocol
@@ -34,11 +34,17 @@ class _HasTask(Protocol):
 
 class Settler:
     def __init__(
-        self, storage: Storage, queue: Queue, worker_id: str, model: str, keep_inputs: bool
+        self,
+        storage: Storage,
+        queue: Queue,
+        worker_id: str,
+        model: str,
+        keep_inputs: bool,
+        reply_queue: Callable[[str], Queue],
     ) -> None:
         self.storage = storage
         self.keep_inputs = keep_inputs
-        self._reply_queues: dict[str, Queue] = {}
+        self._reply_queue = reply_queue  # the worker's own, so both share its cache
         self.queue = queue
         self.worker_id = worker_id
         self.model = model
@@ -89,9 +95,7 @@ class Settler:
                 by_queue.setdefault(task.reply_to, []).append(reply.to_json())
         for name, bodies in by_queue.items():
             with contextlib.suppress(DlaasError):
-                if name not in self._reply_queues:
-                    self._reply_queues[name] = self.queue.sibling(name)
-                self._reply_queues[name].send_batch(bodies)
+                self._reply_queue(name).send_batch(bodies)
 
     def _marker(self, job_id: str) -> dict[str, Any] | None:
         try:
