@@ -173,6 +173,28 @@ def post_all(
     return len(bodies) / (time.perf_counter() - started)
 
 
+def interleaved_rates(
+    runs: dict[str, Callable[[np.ndarray], object]],
+    inputs: np.ndarray,
+    batch_sizes: Sequence[int],
+    repeats: int,
+) -> dict[tuple[str, int], float]:
+    """images/s of each run per (name, batch) on prepared input: every pair is timed once
+    per round, round after round, so a noisy moment hits all alike; medians of rounds."""
+    for run in runs.values():  # warm-up: first runs allocate and pick kernels
+        for b in batch_sizes:
+            run(inputs[:b])
+    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in runs for b in batch_sizes}
+    for _ in range(repeats):
+        for (name, batch), values in samples.items():
+            run = runs[name]
+            started = time.perf_counter()
+            for i in range(0, len(inputs), batch):
+                run(inputs[i : i + batch])
+            values.append(len(inputs) / (time.perf_counter() - started))
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
 def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, list[float]]:
     values = [fn() for _ in range(runs)]
     return statistics.median(values), values

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from common import PHOTO_NAMES, cpu_count, ensure_model_dir, photo_set
+from common import PHOTO_NAMES, cpu_count, ensure_model_dir, interleaved_rates, photo_set
 from dlaas.model import Classifier, ModelSpec, ensure_quantized_model
 from dlaas.model.cache import ensure_model
 
@@ -34,20 +34,8 @@ def model_rates(
     classifiers: dict[str, Classifier], inputs: np.ndarray, repeats: int
 ) -> dict[tuple[str, int], float]:
     """images/s on prepared input, per (model, batch)."""
-    for clf in classifiers.values():  # warm-up: first runs allocate and pick kernels
-        for b in BATCH_SIZES:
-            clf.logits(inputs[:b])
-    samples: dict[tuple[str, int], list[float]] = {
-        (m, b): [] for m in classifiers for b in BATCH_SIZES
-    }
-    for _ in range(repeats):
-        for (name, batch), values in samples.items():
-            clf = classifiers[name]
-            started = time.perf_counter()
-            for i in range(0, IMAGES_PER_RUN, batch):
-                clf.logits(inputs[i : i + batch])
-            values.append(IMAGES_PER_RUN / (time.perf_counter() - started))
-    return {key: statistics.median(values) for key, values in samples.items()}
+    runs = {name: clf.logits for name, clf in classifiers.items()}
+    return interleaved_rates(runs, inputs[:IMAGES_PER_RUN], BATCH_SIZES, repeats)
 
 
 def end_to_end_rates(

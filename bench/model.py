@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from common import cpu_count, ensure_model_dir
+from common import cpu_count, ensure_model_dir, interleaved_rates
 from dlaas.model import Classifier, ModelSpec, ensure_model
 from dlaas.model.preprocess import prepare_image
 
@@ -37,20 +37,8 @@ def model_rates(spec: ModelSpec, repeats: int) -> dict[tuple[str, int], float]:
     }
     rng = np.random.default_rng(0)
     inputs = rng.uniform(-1, 1, (IMAGES_PER_RUN, 3, 224, 224)).astype(np.float32)
-    for clf in classifiers.values():  # warm-up: first runs allocate and pick kernels
-        for b in BATCH_SIZES:
-            clf.predict(inputs[:b])
-    samples: dict[tuple[str, int], list[float]] = {
-        (t, b): [] for t in classifiers for b in BATCH_SIZES
-    }
-    for _ in range(repeats):
-        for (threads, batch), values in samples.items():
-            clf = classifiers[threads]
-            started = time.perf_counter()
-            for i in range(0, IMAGES_PER_RUN, batch):
-                clf.predict(inputs[i : i + batch])
-            values.append(IMAGES_PER_RUN / (time.perf_counter() - started))
-    return {key: statistics.median(values) for key, values in samples.items()}
+    runs = {name: clf.predict for name, clf in classifiers.items()}
+    return interleaved_rates(runs, inputs, BATCH_SIZES, repeats)
 
 
 def jpegs(size: tuple[int, int]) -> list[bytes]:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from dlaas import protocol
 from dlaas.errors import ConfigError, QueueError
 from dlaas.queue import open_queue
 from dlaas.queue.base import Queue
@@ -21,6 +20,7 @@ from dlaas.queue.redis import RedisQueue
 from dlaas.queue.redis_client import GROUP, HORIZON_MS
 from dlaas.storage import open_storage
 from dlaas.web.replies import REPLY_PREFIX, ReplyHub
+from tests.web.test_sync_path import strand_a_result
 
 from .conformance import MAX_RECEIVES, QueueConformance, receive_one, receive_until
 from .redis_server import RedisServer, fixture_redis_server  # noqa: F401 - fixture
@@ -244,21 +244,12 @@ def test_reply_streams_of_dead_web_processes_are_cleaned_up(redis_server: RedisS
     storage = open_storage(f"memory://{uuid.uuid4().hex}")
     queue = _open(redis_server)
     dead = REPLY_PREFIX + uuid.uuid4().hex[:8]
-    record = {"job_id": "j" * 32, "image_id": "i" * 32, "status": "done", "predictions": []}
-    reply = protocol.Reply(
-        job_id="j" * 32,
-        image_id="i" * 32,
-        status="done",
-        result_key=protocol.result_key("j" * 32, "i" * 32),
-        result=record,
-    )
-    queue.sibling(dead).send(reply.to_json())
-    storage.put_json(f"replies/{dead}.json", {"queue": dead, "updated_at": 0.0})
+    reply = strand_a_result(queue, storage, dead)
     hub = ReplyHub(queue, storage)
     loop = asyncio.new_event_loop()
     try:
         hub.start(loop)
-        assert storage.get_json(reply.result_key) == record
+        assert storage.get_json(reply.result_key) == reply.result
         assert admin.exists(dead) == 0
         assert admin.exists(hub.name) == 1  # this process's own reply stream
     finally:

@@ -12,7 +12,9 @@ from fastapi.testclient import TestClient
 from dlaas import protocol
 from dlaas.model import ModelSpec
 from dlaas.queue import open_queue
+from dlaas.queue.base import Queue
 from dlaas.storage import open_storage
+from dlaas.storage.base import Storage
 from dlaas.web.multipart import single_file
 from dlaas.web.replies import REPLY_PREFIX, ReplyHub
 from tests.web.test_app import Service
@@ -124,12 +126,12 @@ def test_a_result_that_comes_after_the_timeout_is_stored_for_polling(
         svc.close()
 
 
-def test_results_left_in_a_dead_web_process_queue_are_stored() -> None:
-    name = uuid.uuid4().hex[:8]
-    storage = open_storage(f"memory://{name}")
-    queue = open_queue(f"memory://{name}", name="input")
-    dead = REPLY_PREFIX + "dead0000"
-    record = {"job_id": "j" * 32, "image_id": "i" * 32, "status": "done", "predictions": []}
+def strand_a_result(queue: Queue, storage: Storage, dead: str) -> protocol.Reply:
+    """A reply carrying its result, left in the reply queue ``dead`` of a web process
+    that died: its heartbeat record is long stale, so any other web process adopts it."""
+    record = protocol.result_record(
+        job_id="j" * 32, image_id="i" * 32, status="done", model="m", worker_id="w"
+    )
     reply = protocol.Reply(
         job_id="j" * 32,
         image_id="i" * 32,
@@ -139,11 +141,20 @@ def test_results_left_in_a_dead_web_process_queue_are_stored() -> None:
     )
     queue.sibling(dead).send(reply.to_json())
     storage.put_json(f"replies/{dead}.json", {"queue": dead, "updated_at": 0.0})
+    return reply
+
+
+def test_results_left_in_a_dead_web_process_queue_are_stored() -> None:
+    name = uuid.uuid4().hex[:8]
+    storage = open_storage(f"memory://{name}")
+    queue = open_queue(f"memory://{name}", name="input")
+    dead = REPLY_PREFIX + "dead0000"
+    reply = strand_a_result(queue, storage, dead)
     hub = ReplyHub(queue, storage)
     loop = asyncio.new_event_loop()
     try:
         hub.start(loop)
-        assert storage.get_json(reply.result_key) == record
+        assert storage.get_json(reply.result_key) == reply.result
         assert queue.sibling(dead).stats().visible == 0
     finally:
         hub.stop()
