@@ -111,6 +111,8 @@ class OwnerBacklog:
 
     def release(self, image_ids: Iterable[str]) -> None:
         """Stop counting these images (their results are in, or their job was cancelled)."""
+        if self.max_per_owner is None:
+            return  # nothing was counted
         with self._lock:
             for image_id in image_ids:
                 found = self._owner_of.pop(image_id, None)
