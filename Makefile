@@ -39,7 +39,11 @@ typecheck: $(VENV)/.installed-test
 test: $(VENV)/.installed-test lint typecheck
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed-test
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/throughput.py

@@ -1,7 +1,8 @@
 """The object-store interface.
 
 Backends implement five primitives (``_put``, ``_get``, ``_exists``, ``_delete``, ``_list``);
-key validation and the JSON helpers live here so every backend gets them for free.
+key validation and the JSON helpers live here so every backend gets them for free. A
+backend with a cheaper bulk delete (one request for many keys) overrides ``_delete_many``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dlaas.errors import InvalidKey
@@ -57,6 +58,9 @@ class Storage(ABC):
     """
 
     url: str = ""
+    # True where every call is a local syscall of microseconds (a directory, memory): an
+    # event loop may then call it inline, as a hop to a thread would cost about as much.
+    local_io: bool = False
 
     def put(self, key: str, data: bytes) -> None:
         self._put(validate_key(key), bytes(data))
@@ -71,6 +75,15 @@ class Storage(ABC):
     def delete(self, key: str) -> None:
         """Delete the object; deleting a missing key is not an error."""
         self._delete(validate_key(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete every object in ``keys``; missing ones are not an error.
+
+        One call per batch, so a backend can make it one request (S3's DeleteObjects) or
+        tidy shared directories once. On failure some keys may be gone and some not.
+        """
+        if keys:
+            self._delete_many([validate_key(key) for key in keys])
 
     def list(self, prefix: str = "") -> list[str]:
         """Return every key that starts with ``prefix``, sorted."""
@@ -99,3 +112,7 @@ class Storage(ABC):
 
     @abstractmethod
     def _list(self, prefix: str) -> Iterator[str]: ...
+
+    def _delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._delete(key)
