@@ -68,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
         ["storage and queue", "model", "worker", "scaling", "AWS launchers", "job lifecycle"],
     )
 
+    _add_classify_parser(sub)
+    _add_keys_parser(sub)
+    add_jobs_parser(sub)
+    _add_model_parser(sub)
+    sub.add_parser("simulate", help="simulate autoscaling at cloud scale", add_help=False)
+    aws = sub.add_parser("aws", help="AWS helpers")
+    aws_sub = aws.add_subparsers(dest="aws_command", required=True, metavar="ACTION")
+    aws_sub.add_parser(
+        "user-data", help="print the worker instances' user-data script", add_help=False
+    )
+    return parser
+
+
+def _add_classify_parser(sub: Any) -> None:
     classify = sub.add_parser("classify", help="upload images or folders to a running service")
     classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     classify.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
@@ -88,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the key to send, when the service needs one [env DLAAS_API_KEY]",
     )
-    _add_keys_parser(sub)
-    add_jobs_parser(sub)
 
+
+def _add_model_parser(sub: Any) -> None:
     model = sub.add_parser("model", help="prepare the model")
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     build = model_sub.add_parser(
@@ -111,14 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
         " efficientnet-lite0-int8)",
     )
     build.add_argument("--force", action="store_true", help="rebuild even if the cache is valid")
-
-    sub.add_parser("simulate", help="simulate autoscaling at cloud scale", add_help=False)
-    aws = sub.add_parser("aws", help="AWS helpers")
-    aws_sub = aws.add_subparsers(dest="aws_command", required=True, metavar="ACTION")
-    aws_sub.add_parser(
-        "user-data", help="print the worker instances' user-data script", add_help=False
-    )
-    return parser
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -201,7 +207,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _api_key(args: argparse.Namespace) -> str | None:
     """``--api-key``, else ``DLAAS_API_KEY``: what a client sends as its bearer key."""
-    from dlaas.settings import ClientSettings
+    from dlaas.client import ClientSettings
 
     given = {"api_key": args.api_key} if args.api_key else {}
     key = ClientSettings(**given).api_key

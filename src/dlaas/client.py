@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -136,6 +138,14 @@ def run_classify(
     except (ApiError, httpx.HTTPError) as exc:
         console.print(f"[red]dlaas classify: {exc}[/red]")
         return 2
+    return _report(job, results, output, console)
+
+
+def _report(
+    job: dict[str, Any], results: list[dict[str, Any]], output: str | None, console: Console
+) -> int:
+    """Results in upload order, refused files last, as a table or to ``output``; the exit
+    code (1 if any image failed)."""
     order = {image["image_id"]: n for n, image in enumerate(job["images"])}
     results.sort(key=lambda r: order.get(r["image_id"], 0))
     for refused in job.get("rejected", []):
@@ -200,3 +210,13 @@ def _describe_error(response: httpx.Response) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(run_classify(sys.argv[1:], url="http://127.0.0.1:8000", output=None, timeout_s=600))
+
+
+class ClientSettings(BaseSettings):
+    """What ``dlaas classify`` reads from the environment: the service's settings stay apart."""
+
+    model_config = SettingsConfigDict(env_prefix="DLAAS_", extra="ignore", frozen=True)
+
+    api_key: SecretStr | None = Field(
+        None, description="the API key to send (as Authorization: Bearer)"
+    )

@@ -366,16 +366,6 @@ class Settings(BaseSettings):
         return options
 
 
-class ClientSettings(BaseSettings):
-    """What ``dlaas classify`` reads from the environment: the service's settings stay apart."""
-
-    model_config = SettingsConfigDict(env_prefix="DLAAS_", extra="ignore", frozen=True)
-
-    api_key: SecretStr | None = Field(
-        None, description="the API key to send (as Authorization: Bearer)"
-    )
-
-
 def _check_scheme(value: str | None, schemes: tuple[str, ...], what: str) -> str | None:
     if value is None:
         return None

@@ -48,18 +48,7 @@ def render_user_data(
     ``DLAAS_IDLE_TIMEOUT_S``; each ``DLAAS_*`` name must be a dlaas setting.
     ``poweroff_on_exit=False`` keeps instances after the worker exits (debugging).
     """
-    if urlparse(storage_url).scheme != "s3":
-        raise ConfigError(
-            f"workers on other machines need shared storage: --storage must be s3://bucket/prefix, "
-            f"not {storage_url!r}"
-        )
-    if urlparse(queue_url).scheme not in ("sqs", "https"):
-        raise ConfigError(
-            f"workers on other machines need a shared queue: --queue must be sqs://NAME or an "
-            f"SQS queue URL, not {queue_url!r}"
-        )
-    if not package_spec.strip():
-        raise ConfigError("the package to install (--package) is empty")
+    _check_shared(storage_url, queue_url, package_spec)
     env: dict[str, str] = {
         "DLAAS_STORAGE": storage_url,
         "DLAAS_QUEUE": queue_url,
@@ -89,6 +78,22 @@ def render_user_data(
             "pass fewer or shorter --env values"
         )
     return script
+
+
+def _check_shared(storage_url: str, queue_url: str, package_spec: str) -> None:
+    """Workers on other machines reach the service only through S3 and SQS."""
+    if urlparse(storage_url).scheme != "s3":
+        raise ConfigError(
+            f"workers on other machines need shared storage: --storage must be s3://bucket/prefix, "
+            f"not {storage_url!r}"
+        )
+    if urlparse(queue_url).scheme not in ("sqs", "https"):
+        raise ConfigError(
+            f"workers on other machines need a shared queue: --queue must be sqs://NAME or an "
+            f"SQS queue URL, not {queue_url!r}"
+        )
+    if not package_spec.strip():
+        raise ConfigError("the package to install (--package) is empty")
 
 
 def _template() -> str:

@@ -50,17 +50,7 @@ def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
     parsed = urlparse(url)
     scheme = parsed.scheme
     if scheme in ("sqs", "https"):
-        try:
-            from dlaas.queue.sqs import SqsQueue
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("boto3", "botocore"):
-                raise
-            raise ConfigError(
-                f"queue URL {url!r} needs boto3, which is not installed; "
-                "install dlaas[aws] (pip install 'dlaas[aws]')"
-            ) from exc
-        queue: Queue = SqsQueue.from_url(url, name=name, **options)
-        return queue
+        return _open_sqs(url, name, options)
     if scheme in ("redis", "rediss"):
         return _open_redis(url, name, options)
     if scheme not in ("memory", "sqlite"):
@@ -98,6 +88,20 @@ def open_queue(url: str, *, name: str | None = None, **options: Any) -> Queue:
         return SqliteQueue(path, queue_name, max_receives=max_receives, **options)
     except QueueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def _open_sqs(url: str, name: str | None, options: dict[str, Any]) -> Queue:
+    try:
+        from dlaas.queue.sqs import SqsQueue
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("boto3", "botocore"):
+            raise
+        raise ConfigError(
+            f"queue URL {url!r} needs boto3, which is not installed; "
+            "install dlaas[aws] (pip install 'dlaas[aws]')"
+        ) from exc
+    queue: Queue = SqsQueue.from_url(url, name=name, **options)
+    return queue
 
 
 def _open_redis(url: str, name: str | None, options: dict[str, Any]) -> Queue:
