@@ -27,15 +27,15 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from common import photo_set  # also puts src/ on sys.path
+from dlaas.assemble import build_app
 from dlaas.keys import KeyRing, add_key
 from dlaas.model import Classifier, build_tiny_model
 from dlaas.queue import open_queue
 from dlaas.settings import load_settings
 from dlaas.storage import open_storage
-from dlaas.web import create_app
-from dlaas.web.auth import AuthMiddleware
-from dlaas.web.headers import SecurityHeadersMiddleware
-from dlaas.worker import Worker
+from dlaas.web.security.auth import AuthMiddleware
+from dlaas.web.security.headers import SecurityHeadersMiddleware
+from dlaas.worker import Worker, WorkerOptions
 
 LIMIT_MS = 0.1
 OTHER_OWNERS = 200  # a realistic keys file, so the lookup is not a one-entry dict
@@ -81,16 +81,14 @@ class Service:
         name = uuid.uuid4().hex[:8]
         storage = open_storage(f"memory://{name}")
         queue = open_queue(f"memory://{name}", name="input")
-        self.off = create_app(load_settings(log_level="warning"), storage, queue)
-        self.on = create_app(load_settings(log_level="warning", api_keys_file=keys), storage, queue)
+        self.off = build_app(load_settings(log_level="warning"), storage, queue)
+        self.on = build_app(load_settings(log_level="warning", api_keys_file=keys), storage, queue)
         self.worker = Worker(
             storage=storage,
             queue=queue,
             classifier=Classifier(build_tiny_model(model_dir)),
             worker_id="bench",
-            idle_timeout_s=3600,
-            receive_wait_s=0.05,
-            max_batch_delay_ms=0,
+            options=WorkerOptions(idle_timeout_s=3600, receive_wait_s=0.05, max_batch_delay_ms=0),
         )
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()

@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 
 if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
     from playwright.sync_api import Browser
 
     from dlaas.model import ModelSpec
+    from tests.service import Service
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -97,3 +99,22 @@ def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("models")
     ensure_model(directory)
     return directory
+
+
+@pytest.fixture
+def service(tiny_spec: ModelSpec) -> Iterator[Service]:
+    """The app with a worker thread on fresh memory backends (``tests.service``)."""
+    from tests.service import Service
+
+    svc = Service(tiny_spec)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[TestClient]:
+    """A client of ``service``'s app, its lifespan (reply reader) running."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(service.app) as c:
+        yield c

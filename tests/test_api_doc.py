@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from dlaas.assemble import build_app
 from dlaas.queue import open_queue
 from dlaas.settings import load_settings
 from dlaas.storage import open_storage
-from dlaas.web import create_app
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 HEADING = re.compile(r"^### `(GET|POST|PUT|PATCH|DELETE) (/[^`]*)`\s*$")
@@ -37,7 +37,7 @@ def doc_sections() -> dict[tuple[str, str], str]:
 
 def schema() -> dict[str, Any]:
     settings = load_settings()
-    app = create_app(settings, open_storage("memory://api-doc"), open_queue("memory://api-doc"))
+    app = build_app(settings, open_storage("memory://api-doc"), open_queue("memory://api-doc"))
     spec: dict[str, Any] = app.openapi()
     return spec
 

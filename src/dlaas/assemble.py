@@ -16,20 +16,30 @@ import time
 from typing import TYPE_CHECKING
 
 from dlaas.errors import ConfigError, DlaasError
+from dlaas.jobs.messages import Progress, Reply
 from dlaas.logs import configure_logging
 from dlaas.model.select import model_spec_from
 from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, WORKER
 from dlaas.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from fastapi import FastAPI
+
     from dlaas.aws.protection import ScaleInProtection
+    from dlaas.lifecycle.webhooks import WebhookDispatcher
     from dlaas.queue.base import Queue
     from dlaas.scaling.controller import Controller
     from dlaas.scaling.launchers.base import Launcher
     from dlaas.storage.base import Storage
-    from dlaas.worker.loop import Worker
+    from dlaas.web.metrics import Metrics
+    from dlaas.web.security.tenancy import OwnerBacklog
+    from dlaas.worker import Worker
 
 __all__ = [
+    "build_app",
     "build_controller",
     "build_launcher",
     "build_worker",
@@ -56,6 +66,83 @@ def open_queue_from(settings: Settings) -> Queue:
     from dlaas.queue import open_queue
 
     return open_queue(settings.queue_url, name=settings.queue_name, **settings.queue_options())
+
+
+def build_app(
+    settings: Settings,
+    storage: Storage,
+    queue: Queue,
+    *,
+    stats_provider: Callable[[], dict[str, Any]] | None = None,
+    on_enqueued: Callable[[], None] | None = None,
+    workers_readiness: Callable[[], str] | None = None,
+) -> FastAPI:
+    """The web app around already-open backends, every part built here once:
+    ``stats_provider`` is the controller's ``stats``; ``on_enqueued`` its ``wake`` (an
+    idle service starts workers the moment a job arrives); ``workers_readiness`` the
+    launcher's ``readiness``, which ``/readyz`` waits for too."""
+    from dlaas.jobs.idempotency import IdempotencyStore
+    from dlaas.jobs.store import JobStore
+    from dlaas.lifecycle.webhooks import build_dispatcher, webhooks_allowed
+    from dlaas.web import WebContext, create_app
+    from dlaas.web.ingest import Ingest
+    from dlaas.web.metrics import Metrics
+    from dlaas.web.replies import ReplyHub
+    from dlaas.web.security import open_keyring, rate_limiter
+    from dlaas.web.security.tenancy import OwnerBacklog
+    from dlaas.web.uploads import BacklogGate, UploadReader
+    from dlaas.web.v2.model import ServedModel
+
+    jobs = JobStore(storage, queue)
+    metrics = Metrics()
+    owners = OwnerBacklog(settings.max_backlog_per_owner)
+    dispatcher = build_dispatcher(settings, jobs)
+    (hub := ReplyHub(jobs)).on_reply = _reply_hook(metrics, owners, dispatcher)
+
+    def accepted(n: int) -> None:
+        metrics.images_accepted(n)
+        if on_enqueued is not None:
+            on_enqueued()
+
+    ingest = Ingest(
+        jobs,
+        max_bytes=settings.max_upload_bytes,
+        max_pixels=settings.max_pixels,
+        on_accepted=accepted,
+        owner_backlog=owners,
+    )
+    ctx = WebContext(
+        settings=settings,
+        jobs=jobs,
+        ingest=ingest,
+        hub=hub,
+        metrics=metrics,
+        uploads=UploadReader(settings, BacklogGate(queue, settings.max_backlog), owners),
+        idempotency=IdempotencyStore(jobs),
+        served=ServedModel.from_settings(settings),
+        keys=open_keyring(settings),
+        limiter=rate_limiter(settings),
+        allow_hosts=webhooks_allowed(settings),
+        dispatcher=dispatcher,
+        stats_provider=stats_provider,
+        workers_readiness=workers_readiness,
+    )
+    return create_app(ctx)
+
+
+def _reply_hook(
+    metrics: Metrics, owners: OwnerBacklog, dispatcher: WebhookDispatcher | None
+) -> Callable[[Reply], None]:
+    """What every reply to this web process updates: metrics, the owner's backlog, and
+    the job's webhook, which may be due now."""
+
+    def on_reply(reply: Reply) -> None:
+        metrics.observe_reply(reply)
+        owners.observe_reply(reply)
+        if dispatcher is not None and not isinstance(reply, Progress):
+            dispatcher.wake(reply.job_id)
+
+    return on_reply
 
 
 def build_controller(settings: Settings, queue: Queue, storage: Storage) -> Controller:
@@ -147,7 +234,7 @@ def default_worker_id() -> str:
 def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
     """A worker with its model loaded once (or taken from the fork server's preload)."""
     from dlaas.model import Classifier
-    from dlaas.worker.loop import Worker
+    from dlaas.worker import Worker, WorkerOptions
     from dlaas.worker.preload import classifier_for
 
     worker_id = settings.worker_id or default_worker_id()
@@ -174,13 +261,8 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
         queue=open_queue_from(settings),
         classifier=classifier,
         worker_id=worker_id,
-        batch_size=settings.batch_size,
-        max_batch_delay_ms=settings.max_batch_delay_ms,
-        idle_timeout_s=settings.idle_timeout_s,
-        visibility_timeout_s=settings.visibility_timeout_s,
+        options=WorkerOptions.from_settings(settings),
         on_busy=protection.set if protection is not None else None,
-        parent_pid=settings.parent_pid,
-        keep_inputs=settings.keep_inputs,
     )
     return worker, protection
 

@@ -7,11 +7,13 @@ import signal
 import threading
 
 from dlaas.assemble import (
+    build_app,
     build_controller,
     model_spec_from,
     open_queue_from,
     open_storage_from,
 )
+from dlaas.jobs.store import JobStore
 from dlaas.lifecycle.janitor import Janitor
 from dlaas.lifecycle.webhooks import build_dispatcher
 from dlaas.settings import Settings
@@ -24,7 +26,6 @@ def run_serve(settings: Settings) -> int:
     """Web tier + controller + local workers in one command, zero configuration."""
     import uvicorn
 
-    from dlaas.web import create_app
     from dlaas.web.security import check_exposure, open_keyring
 
     check_exposure(settings)
@@ -36,7 +37,7 @@ def run_serve(settings: Settings) -> int:
     controller = build_controller(settings, queue, storage)
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
-    app = create_app(
+    app = build_app(
         settings,
         storage,
         queue,
@@ -44,30 +45,17 @@ def run_serve(settings: Settings) -> int:
         on_enqueued=controller.wake,
         workers_readiness=controller.launcher.readiness,
     )
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
     )
-    server = uvicorn.Server(config)
-    bounds = (
-        f"fixed, {settings.workers} workers"
-        if settings.workers is not None
-        else f"elastic, {settings.min_workers}..{settings.max_workers} workers"
-    )
-    log.info(
-        "serving",
-        extra={
-            "url": f"http://{settings.host}:{settings.port}",
-            "mode": bounds,
-            "model": spec.name,
-            "storage": settings.storage_url,
-            "queue": settings.queue_url,
-        },
-    )
+    _log_serving(settings, spec.name)
     # uvicorn re-raises the stop signal once it has shut down; with these handlers in
     # place that lands here instead of killing the process before workers are drained.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,6 +75,24 @@ def run_serve(settings: Settings) -> int:
     return 0
 
 
+def _log_serving(settings: Settings, model: str) -> None:
+    bounds = (
+        f"fixed, {settings.workers} workers"
+        if settings.workers is not None
+        else f"elastic, {settings.min_workers}..{settings.max_workers} workers"
+    )
+    log.info(
+        "serving",
+        extra={
+            "url": f"http://{settings.host}:{settings.port}",
+            "mode": bounds,
+            "model": model,
+            "storage": settings.storage_url,
+            "queue": settings.queue_url,
+        },
+    )
+
+
 def run_controller(settings: Settings) -> int:
     """The autoscaler alone, for deployments where the web tier runs elsewhere."""
     storage = open_storage_from(settings)
@@ -99,7 +105,7 @@ def run_controller(settings: Settings) -> int:
         signal.signal(sig, lambda *_: stop.set())
     janitor = start_janitor(settings, storage)
     # Webhooks owed by web processes that died are sent from here too.
-    dispatcher = build_dispatcher(settings, storage)
+    dispatcher = build_dispatcher(settings, JobStore(storage, queue))
     if dispatcher is not None:
         dispatcher.start()
     try:

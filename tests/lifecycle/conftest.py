@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dlaas.model import ModelSpec
-from tests.web.test_app import Service
+from tests.service import Service
 
 
 @pytest.fixture

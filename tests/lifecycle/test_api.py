@@ -8,10 +8,10 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from dlaas import protocol
+from dlaas.jobs import layout, messages
 from dlaas.keys import add_key
 from dlaas.model import ModelSpec
-from tests.web.test_app import Service, files, wait_complete
+from tests.service import Service, files, wait_complete
 
 
 def submit(client: TestClient, *payloads: bytes, **headers: str) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def test_cancel_keeps_done_results_and_counts_the_rest(
     second = submit(idle_client, small_jpeg, photo("astronaut"), photo("coffee"))
     # given a worker that finishes the first job only
     batch = idle.queue.receive(max_messages=2, wait_time_s=1)
-    assert {protocol.Task.from_json(m.body).job_id for m in batch} == {first["job_id"]}
+    assert {messages.Task.from_json(m.body).job_id for m in batch} == {first["job_id"]}
     idle.worker.process(batch)
     # when the second job is cancelled before any of it ran
     response = idle_client.delete(f"/v1/jobs/{second['job_id']}")
@@ -121,7 +121,7 @@ def test_purge_removes_everything_and_then_404(
     assert client.get(f"/v1/jobs/{job_id}").status_code == 404
     assert client.delete(f"/v1/jobs/{job_id}").status_code == 404
     left = [k for k in service.storage.list() if job_id in k]
-    assert left == [protocol.cancel_key(job_id)]  # the tombstone, until retention
+    assert left == [layout.cancel_key(job_id)]  # the tombstone, until retention
     assert job_id not in [row["job_id"] for row in client.get("/v1/jobs").json()["jobs"]]
 
 
@@ -131,7 +131,7 @@ def test_purge_of_a_queued_job_leaves_nothing_behind(
     job_id = submit(idle_client, small_jpeg, small_jpeg)["job_id"]
     assert idle_client.delete(f"/v1/jobs/{job_id}?purge=true").status_code == 200
     idle.worker.process(idle.queue.receive(max_messages=8, wait_time_s=1))
-    assert [k for k in idle.storage.list() if job_id in k] == [protocol.cancel_key(job_id)]
+    assert [k for k in idle.storage.list() if job_id in k] == [layout.cancel_key(job_id)]
     assert idle.queue.stats().visible == 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dlaas import protocol
+from dlaas.jobs import layout, messages
 from dlaas.queue.sqlite import SqliteQueue
 from dlaas.storage.local import LocalStorage
 from tests.lifecycle.processes import WebProcess
@@ -47,9 +47,9 @@ def test_a_retry_after_a_crash_gets_the_stored_job_enqueued_once(
         assert response.status_code == 202, response.text
         body = response.json()
         # then it gets the stored job, and the queue holds each image exactly once
-        assert protocol.manifest_key(body["job_id"]) == jobs[0]
+        assert layout.manifest_key(body["job_id"]) == jobs[0]
         assert [i["filename"] for i in body["images"]] == ["img0.jpg", "img1.jpg", "img2.jpg"]
-        tasks = [protocol.Task.from_json(m.body) for m in queue.receive(10, wait_time_s=0.5)]
+        tasks = [messages.Task.from_json(m.body) for m in queue.receive(10, wait_time_s=0.5)]
         assert sorted(t.image_id for t in tasks) == sorted(i["image_id"] for i in body["images"])
         # and a third try enqueues nothing more
         again = post(second.url, images, "retry-me")

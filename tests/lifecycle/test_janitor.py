@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +14,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from dlaas import protocol
+from dlaas.jobs import layout, messages
 from dlaas.lifecycle.janitor import Janitor
 from dlaas.model import Classifier, ModelSpec
 from dlaas.queue import open_queue
-from dlaas.settings import load_settings
 from dlaas.storage import open_storage
 from dlaas.storage.base import Storage
-from dlaas.web import create_app
 from dlaas.worker import Worker
 from tests.aws.servers import (  # noqa: F401 - fixtures
     Endpoint,
@@ -31,7 +28,7 @@ from tests.aws.servers import (  # noqa: F401 - fixtures
     fixture_moto_server,
     new_bucket,
 )
-from tests.web.test_app import files, wait_complete
+from tests.service import Service, files, wait_complete
 
 JOB_PREFIXES = (
     "jobs/",
@@ -44,32 +41,18 @@ JOB_PREFIXES = (
 )
 
 
-class Stack:
-    """The app and one worker thread on a given store (memory queue)."""
+class Stack(Service):
+    """The app and one worker thread on a given store."""
 
     def __init__(self, storage: Storage, spec: ModelSpec, **overrides: Any) -> None:
-        self.storage = storage
-        self.queue = open_queue(f"memory://{protocol.new_id()}", name="input")
-        settings = load_settings(**overrides)
-        self.app = create_app(settings, storage, self.queue)
-        self.worker = Worker(
-            storage=storage,
-            queue=self.queue,
-            classifier=Classifier(spec),
-            worker_id="w-janitor",
-            idle_timeout_s=3600,
-            receive_wait_s=0.1,
-            keep_inputs=settings.keep_inputs,
-        )
-        self.thread = threading.Thread(target=self.worker.run, daemon=True)
-        self.thread.start()
+        super().__init__(spec, storage=storage, worker_id="w-janitor", **overrides)
 
     def run_jobs(self, count: int, images: list[bytes]) -> list[str]:
         """``count`` finished jobs, one of them cancelled-and-purged, one idempotent."""
         ids = []
         with TestClient(self.app) as client:
             for n in range(count):
-                headers = {"Idempotency-Key": protocol.new_id()} if n == 0 else {}
+                headers = {"Idempotency-Key": layout.new_id()} if n == 0 else {}
                 response = client.post("/v1/jobs", files=files(*images), headers=headers)
                 assert response.status_code == 202, response.text
                 ids.append(response.json()["job_id"])
@@ -86,7 +69,7 @@ class Stack:
 @pytest.fixture(params=["memory", "file", "s3"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     if request.param == "memory":
-        yield open_storage(f"memory://{protocol.new_id()}")
+        yield open_storage(f"memory://{layout.new_id()}")
     elif request.param == "file":
         yield open_storage(f"file://{tmp_path}/objects")
     else:
@@ -113,7 +96,7 @@ def test_a_fake_clock_past_the_retention_leaves_no_job_behind(
     # a sweep now removes nothing: every job is younger than the retention
     assert sum(Janitor(storage, retention_s=retention_s).sweep().values()) == 0
     kept = job_keys(storage)
-    assert {protocol.manifest_key(i) for i in ids[:-1]} <= set(kept)
+    assert {layout.manifest_key(i) for i in ids[:-1]} <= set(kept)
     # a sweep a week and a minute later removes every job object
     later = time.time() + retention_s + 60
     removed = Janitor(storage, retention_s=retention_s, clock=lambda: later).sweep()
@@ -156,12 +139,12 @@ def test_several_janitors_at_once_while_jobs_arrive(tmp_path: Path, small_jpeg: 
     # given 200 jobs made two seconds ago (IDs carry their time), 50 images each
     old_ids = []
     for _ in range(200):
-        job_id = protocol.new_job_id()
+        job_id = layout.new_job_id()
         old_ids.append(job_id)
-        storage.put_json(protocol.manifest_key(job_id), {"job_id": job_id, "images": []})
+        storage.put_json(layout.manifest_key(job_id), {"job_id": job_id, "images": []})
         for n in range(50):
-            storage.put(protocol.input_key(job_id, f"{n:032x}"), small_jpeg)
-            storage.put_json(protocol.result_key(job_id, f"{n:032x}"), {"status": "done"})
+            storage.put(layout.input_key(job_id, f"{n:032x}"), small_jpeg)
+            storage.put_json(layout.result_key(job_id, f"{n:032x}"), {"status": "done"})
     time.sleep(2.2)
     # when four processes sweep with a 2 s retention while new jobs are written
     script = (
@@ -175,17 +158,17 @@ def test_several_janitors_at_once_while_jobs_arrive(tmp_path: Path, small_jpeg: 
     ]
     new_ids = []
     while any(p.poll() is None for p in sweepers):
-        job_id = protocol.new_job_id()
+        job_id = layout.new_job_id()
         new_ids.append(job_id)
-        storage.put(protocol.input_key(job_id, "0" * 32), small_jpeg)
-        storage.put_json(protocol.manifest_key(job_id), {"job_id": job_id, "images": []})
+        storage.put(layout.input_key(job_id, "0" * 32), small_jpeg)
+        storage.put_json(layout.manifest_key(job_id), {"job_id": job_id, "images": []})
     # then every sweep succeeds, nothing old is left and nothing new is lost
     assert [p.wait(timeout=60) for p in sweepers] == [0, 0, 0, 0]
     assert not any(job_id in key for job_id in old_ids for key in storage.list())
     assert new_ids
     for job_id in new_ids:
-        assert storage.exists(protocol.manifest_key(job_id))
-        assert storage.exists(protocol.input_key(job_id, "0" * 32))
+        assert storage.exists(layout.manifest_key(job_id))
+        assert storage.exists(layout.input_key(job_id, "0" * 32))
     assert [p.name for p in root.iterdir()] != []  # the store itself is intact
 
 
@@ -193,7 +176,7 @@ def test_several_janitors_at_once_while_jobs_arrive(tmp_path: Path, small_jpeg: 
 def test_inputs_go_as_results_land_unless_kept(
     tiny_spec: ModelSpec, small_jpeg: bytes, photo: Any, keep_inputs: bool
 ) -> None:
-    storage = open_storage(f"memory://{protocol.new_id()}")
+    storage = open_storage(f"memory://{layout.new_id()}")
     stack = Stack(storage, tiny_spec, keep_inputs=keep_inputs)
     try:
         with TestClient(stack.app) as client:
@@ -216,17 +199,17 @@ def test_inputs_go_as_results_land_unless_kept(
 def test_a_repeat_delivery_after_the_input_went_keeps_the_result(
     tiny_spec: ModelSpec, small_jpeg: bytes
 ) -> None:
-    storage = open_storage(f"memory://{protocol.new_id()}")
-    queue = open_queue(f"memory://{protocol.new_id()}", name="input")
+    storage = open_storage(f"memory://{layout.new_id()}")
+    queue = open_queue(f"memory://{layout.new_id()}", name="input")
     worker = Worker(storage=storage, queue=queue, classifier=Classifier(tiny_spec), worker_id="w")
-    job_id, image_id = protocol.new_job_id(), protocol.new_id()
-    storage.put(protocol.input_key(job_id, image_id), small_jpeg)
-    body = protocol.Task(job_id, image_id, protocol.input_key(job_id, image_id)).to_json()
+    job_id, image_id = layout.new_job_id(), layout.new_id()
+    storage.put(layout.input_key(job_id, image_id), small_jpeg)
+    body = messages.Task(job_id, image_id, layout.input_key(job_id, image_id)).to_json()
     queue.send_batch([body, body])  # the same task twice, as at-least-once delivery may
     worker.process(queue.receive(1, wait_time_s=1))
-    first = storage.get_json(protocol.result_key(job_id, image_id))
+    first = storage.get_json(layout.result_key(job_id, image_id))
     assert first["status"] == "done"
-    assert not storage.exists(protocol.input_key(job_id, image_id))
+    assert not storage.exists(layout.input_key(job_id, image_id))
     worker.process(queue.receive(1, wait_time_s=1))
-    assert storage.get_json(protocol.result_key(job_id, image_id)) == first
+    assert storage.get_json(layout.result_key(job_id, image_id)) == first
     assert queue.stats().visible == queue.stats().in_flight == 0

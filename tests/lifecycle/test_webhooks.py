@@ -14,12 +14,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from dlaas import protocol
+from dlaas.jobs import layout
 from dlaas.lifecycle.guard import WebhookRefused, check_callback, is_public
 from dlaas.model import ModelSpec
 from tests.lifecycle.receiver import Receiver
+from tests.service import Service, files
 from tests.support import ServeProcess
-from tests.web.test_app import Service, files
 
 SECRET = "s3cret-for-tests"
 PAYLOAD_KEYS = {
@@ -80,7 +80,7 @@ def test_the_receiver_gets_the_documented_payload_signed(
     assert body["status"] == "complete"
     assert body["counts"] == {"total": 2, "queued": 0, "done": 2, "failed": 0}
     assert body["results_url"] == f"http://testserver/v1/jobs/{job_id}"
-    assert not svc.storage.exists(protocol.webhook_key(job_id))  # the outbox is empty
+    assert not svc.storage.exists(layout.webhook_key(job_id))  # the outbox is empty
 
 
 def test_a_receiver_that_fails_twice_gets_the_event_on_the_third_try(
@@ -103,7 +103,7 @@ def test_a_receiver_that_fails_twice_gets_the_event_on_the_third_try(
     assert len({d.json()["event_id"] for d in deliveries}) == 1  # one event, three tries
     for d in deliveries:
         check_signature(d.headers, d.body)
-    assert not svc.storage.exists(protocol.webhook_key(job_id))
+    assert not svc.storage.exists(layout.webhook_key(job_id))
 
 
 def test_gives_up_after_the_documented_attempts(tiny_spec: ModelSpec, small_jpeg: bytes) -> None:
@@ -121,7 +121,7 @@ def test_gives_up_after_the_documented_attempts(tiny_spec: ModelSpec, small_jpeg
         svc.close()
         receiver.close()
     assert len(receiver.deliveries) == 3
-    record = svc.storage.get_json(protocol.webhook_key(job_id))
+    record = svc.storage.get_json(layout.webhook_key(job_id))
     assert record["state"] == "gave_up" and record["last_error"] == "HTTP 500"
 
 

@@ -18,10 +18,9 @@ from typing import Any
 
 import uvicorn
 
-from dlaas.assemble import open_queue_from, open_storage_from
-from dlaas.lifecycle.idempotency import IdempotencyStore
+from dlaas.assemble import build_app, open_queue_from, open_storage_from
+from dlaas.jobs.idempotency import IdempotencyStore
 from dlaas.settings import load_settings
-from dlaas.web import create_app
 
 
 def main(argv: Sequence[str]) -> None:
@@ -43,7 +42,7 @@ def main(argv: Sequence[str]) -> None:
             os._exit(17)
 
         IdempotencyStore.mark_enqueued = mark_enqueued  # type: ignore[method-assign]
-    app = create_app(settings, storage, queue)
+    app = build_app(settings, storage, queue)
     uvicorn.run(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
 
 

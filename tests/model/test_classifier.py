@@ -25,10 +25,10 @@ def test_predicts_sorted_softmax_top_k(tiny_spec: ModelSpec) -> None:
     assert len(results) == 2
     for preds in results:
         assert len(preds) == 3
-        scores = [p.score for p in preds]
+        scores = [p["score"] for p in preds]
         assert scores == sorted(scores, reverse=True)
         assert all(0 < s < 1 for s in scores)
-        assert all(p.label == f"class {p.class_id}" for p in preds)
+        assert all(p["label"] == f"class {p['class_id']}" for p in preds)
     assert results[0] != results[1]  # different colours, different scores
 
 
@@ -41,9 +41,9 @@ def test_scores_are_the_softmax_of_the_logits(tiny_spec: ModelSpec) -> None:
 
     expected = np.exp(logits[0] - logits[0].max())
     expected /= expected.sum()
-    assert sum(p.score for p in preds) == pytest.approx(1.0)
+    assert sum(p["score"] for p in preds) == pytest.approx(1.0)
     for p in preds:
-        assert p.score == pytest.approx(float(expected[p.class_id]), rel=1e-5)
+        assert p["score"] == pytest.approx(float(expected[p["class_id"]]), rel=1e-5)
 
 
 def test_batched_equals_one_by_one(tiny_spec: ModelSpec) -> None:
@@ -81,12 +81,10 @@ def test_preprocess_raises_image_error_for_bad_bytes(tiny_spec: ModelSpec) -> No
         Classifier(tiny_spec).preprocess(b"definitely not a picture")
 
 
-def test_prediction_to_dict() -> None:
-    assert Prediction(281, "tabby, tabby cat", 0.5).to_dict() == {
-        "class_id": 281,
-        "label": "tabby, tabby cat",
-        "score": 0.5,
-    }
+def test_a_prediction_is_the_result_record_entry(tiny_spec: ModelSpec) -> None:
+    clf = Classifier(tiny_spec)
+    (preds,) = clf.predict(clf.preprocess(jpeg_bytes(Image.new("RGB", (40, 30))))[None])
+    assert set(preds[0]) == set(Prediction.__annotations__) == {"class_id", "label", "score"}
 
 
 def test_softmax_is_stable_for_large_logits() -> None:
@@ -130,7 +128,7 @@ def test_a_batch_split_into_runs_scores_as_one_run(tiny_spec: ModelSpec) -> None
 
     # Then every image scores as in one run, in order
     np.testing.assert_allclose(clf.logits(batch), whole, rtol=1e-5, atol=1e-6)
-    assert [p[0].class_id for p in clf.predict(batch)] == whole.argmax(axis=1).tolist()
+    assert [p[0]["class_id"] for p in clf.predict(batch)] == whole.argmax(axis=1).tolist()
 
 
 def test_the_run_size_is_measured_when_not_given(tiny_spec: ModelSpec) -> None:

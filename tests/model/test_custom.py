@@ -105,8 +105,8 @@ def test_an_nhwc_model_with_its_own_preprocessing_runs_end_to_end(tmp_path: Path
 
     assert array.shape == (96, 96, 3)
     assert float(array.max()) == pytest.approx(1.0)
-    assert {p.label for p in preds} == {"dark", "light"}
-    assert sum(p.score for p in preds) == pytest.approx(1.0)
+    assert {p["label"] for p in preds} == {"dark", "light"}
+    assert sum(p["score"] for p in preds) == pytest.approx(1.0)
 
 
 def test_a_symbolic_output_width_is_checked_when_the_model_runs(tiny_dir: Path) -> None:

@@ -14,7 +14,7 @@ from dlaas.model import Classifier
 
 def top_names(clf: Classifier, data: bytes, k: int = 3) -> list[str]:
     (preds,) = clf.predict(clf.preprocess(data)[None], top_k=k)
-    return [p.label.split(",")[0] for p in preds]
+    return [p["label"].split(",")[0] for p in preds]
 
 
 @pytest.mark.parametrize(

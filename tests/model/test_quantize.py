@@ -68,8 +68,8 @@ def test_int8_names_the_same_class_as_fp32_on_clear_photos(
         batch = lite0.preprocess(photo(name))[None]
         fp32_top = lite0.predict(batch, top_k=1)[0][0]
         int8_top = int8.predict(batch, top_k=1)[0][0]
-        assert int8_top.class_id == fp32_top.class_id, name
-        assert abs(int8_top.score - fp32_top.score) < 0.15, name
+        assert int8_top["class_id"] == fp32_top["class_id"], name
+        assert abs(int8_top["score"] - fp32_top["score"]) < 0.15, name
 
 
 def test_a_valid_int8_build_is_reused(int8_cache: Path) -> None:

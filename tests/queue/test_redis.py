@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from dlaas.errors import ConfigError, QueueError
+from dlaas.jobs import layout
+from dlaas.jobs.store import JobStore
 from dlaas.queue import open_queue
 from dlaas.queue.base import Queue
 from dlaas.queue.redis import RedisQueue
@@ -245,11 +247,11 @@ def test_reply_streams_of_dead_web_processes_are_cleaned_up(redis_server: RedisS
     queue = _open(redis_server)
     dead = REPLY_PREFIX + uuid.uuid4().hex[:8]
     reply = strand_a_result(queue, storage, dead)
-    hub = ReplyHub(queue, storage)
+    hub = ReplyHub(JobStore(storage, queue))
     loop = asyncio.new_event_loop()
     try:
         hub.start(loop)
-        assert storage.get_json(reply.result_key) == reply.result
+        assert storage.get_json(layout.result_key(reply.job_id, reply.image_id)) == reply.result
         assert admin.exists(dead) == 0
         assert admin.exists(hub.name) == 1  # this process's own reply stream
     finally:

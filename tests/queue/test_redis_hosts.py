@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dlaas import protocol
+from dlaas.jobs import messages
 from dlaas.queue.redis_client import GROUP
 from tests.aws.servers import (  # noqa: F401 - fixtures
     REGION,
@@ -151,7 +151,7 @@ def test_workers_on_other_hosts_finish_a_killed_workers_batch(
         held = admin.xpending_range(stream, GROUP, "-", "+", 1000, consumername=a.consumer)
         assert held, "host-a held no messages when it was killed"
         bodies = [admin.xrange(stream, e["message_id"], e["message_id"])[0][1]["b"] for e in held]
-        held_images = {protocol.Task.from_json(body).image_id for body in bodies}
+        held_images = {messages.Task.from_json(body).image_id for body in bodies}
 
         deadline = time.monotonic() + 240
         status = httpx.get(f"{web.url}/v1/jobs/{job_id}", timeout=60).json()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dlaas import protocol
+from dlaas.jobs import layout, messages, records
 from dlaas.queue.sqlite import SqliteQueue
 
 pytestmark = pytest.mark.slow
@@ -37,18 +37,17 @@ def work(path: Path) -> None:
         idle_since = time.monotonic()
         bodies = []
         for message in batch:
-            task = protocol.Task.from_json(message.body)
-            bodies.append(
-                protocol.Reply(
-                    job_id=task.job_id,
-                    image_id=task.image_id,
-                    status="done",
-                    result_key=protocol.result_key(task.job_id, task.image_id),
-                    timings_ms={"fetch": 1.0, "decode": 2.0, "infer_batch": 3.0},
-                    enqueued_at=task.enqueued_at,
-                    completed_at=time.time(),
-                ).to_json()
+            task = messages.Task.from_json(message.body)
+            record = records.result_record(
+                job_id=task.job_id,
+                image_id=task.image_id,
+                status="done",
+                model="m",
+                worker_id="w",
+                timings_ms={"fetch": 1.0, "decode": 2.0, "infer_batch": 3.0},
+                enqueued_at=task.enqueued_at,
             )
+            bodies.append(messages.reply_to_json(messages.Finished(record, stored=True)))
         replies.send_batch(bodies)
         queue.delete_batch([m.receipt for m in batch])
     queue.close()
@@ -72,13 +71,13 @@ def test_the_queue_file_stays_under_the_documented_bound(tmp_path: Path) -> None
     watcher = threading.Thread(target=monitor, daemon=True)
     watcher.start()
     for _ in range(IMAGES // 100):
-        job_id = protocol.new_job_id()
+        job_id = layout.new_job_id()
         queue.send_batch(
             [
-                protocol.Task(
+                messages.Task(
                     job_id=job_id,
-                    image_id=protocol.new_id(),
-                    key=protocol.input_key(job_id, protocol.new_id()),
+                    image_id=layout.new_id(),
+                    key=layout.input_key(job_id, layout.new_id()),
                     reply_to=REPLIES,
                     progress=True,
                 ).to_json()

@@ -3,82 +3,21 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from dlaas import protocol
 from dlaas.errors import QueueError
-from dlaas.model import Classifier, ModelSpec
+from dlaas.jobs import layout
+from dlaas.model import ModelSpec
 from dlaas.queue import open_queue
-from dlaas.queue.base import Queue
-from dlaas.settings import load_settings
 from dlaas.storage import open_storage
-from dlaas.storage.base import Storage
-from dlaas.web import create_app
 from dlaas.web.uploads import BacklogGate
-from dlaas.worker import Worker
+from tests.service import Service, files, wait_complete
 from tests.web.test_validate import png_header_only
-
-
-class Service:
-    """An app plus a worker thread on fresh memory backends."""
-
-    def __init__(self, spec: ModelSpec, *, with_worker: bool = True, **overrides: Any) -> None:
-        name = uuid.uuid4().hex[:8]
-        self.storage: Storage = open_storage(f"memory://{name}")
-        self.queue: Queue = open_queue(f"memory://{name}", name="input")
-        self.settings = load_settings(**overrides)
-        self.app = create_app(self.settings, self.storage, self.queue)
-        self.worker = Worker(
-            storage=self.storage,
-            queue=self.queue,
-            classifier=Classifier(spec),
-            worker_id="w1",
-            idle_timeout_s=3600,
-            receive_wait_s=0.1,
-            max_batch_delay_ms=5,
-        )
-        self.thread = threading.Thread(target=self.worker.run, daemon=True)
-        if with_worker:
-            self.thread.start()
-
-    def close(self) -> None:
-        self.worker.stop()
-        if self.thread.is_alive():
-            self.thread.join(timeout=10)
-
-
-@pytest.fixture
-def service(tiny_spec: ModelSpec) -> Iterator[Service]:
-    svc = Service(tiny_spec)
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def client(service: Service) -> Iterator[TestClient]:
-    with TestClient(service.app) as c:
-        yield c
-
-
-def files(*payloads: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("files", (f"img{n}.jpg", p, "image/jpeg")) for n, p in enumerate(payloads)]
-
-
-def wait_complete(client: TestClient, job_id: str) -> dict[str, Any]:
-    """Follow the job's event stream to its end, then read the job."""
-    with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
-        for line in response.iter_lines():
-            if line.startswith("event: end"):
-                break
-    body: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-    return body
 
 
 def test_job_upload_returns_202_and_completes(
@@ -203,7 +142,7 @@ def test_enqueue_failure_is_an_error_not_a_half_job(
     assert svc.storage.list("jobs/") == []
 
 
-def test_classify_timeout_is_504_with_the_job_to_poll(
+def test_classify_timeout_is_202_with_the_job_to_poll(
     tiny_spec: ModelSpec, small_jpeg: bytes
 ) -> None:
     svc = Service(tiny_spec, with_worker=False)
@@ -211,10 +150,12 @@ def test_classify_timeout_is_504_with_the_job_to_poll(
         response = client.post(
             "/v1/classify?timeout_s=0.3", files={"file": ("a.jpg", small_jpeg, "image/jpeg")}
         )
-        assert response.status_code == 504
+        assert response.status_code == 202
         body = response.json()
-        assert body["error"] == "timeout"
-        poll = client.get(f"/v1/jobs/{body['job_id']}").json()
+        assert body["status"] == "queued"
+        assert response.headers["location"] == body["location"] == f"/v1/jobs/{body['job_id']}"
+        assert "poll GET /v1/jobs/" in body["detail"]
+        poll = client.get(response.headers["location"]).json()
         assert poll["counts"]["queued"] == 1
 
 
@@ -246,14 +187,14 @@ def test_results_are_stored_under_the_documented_layout(
     body = client.post("/v1/jobs", files=files(small_jpeg)).json()
     wait_complete(client, body["job_id"])
     image_id = body["images"][0]["image_id"]
-    assert service.storage.exists(protocol.result_key(body["job_id"], image_id))
+    assert service.storage.exists(layout.result_key(body["job_id"], image_id))
     # the input goes once its result is stored (unless --keep-inputs)
     for _ in range(100):
-        if not service.storage.exists(protocol.input_key(body["job_id"], image_id)):
+        if not service.storage.exists(layout.input_key(body["job_id"], image_id)):
             break
         time.sleep(0.05)
-    assert not service.storage.exists(protocol.input_key(body["job_id"], image_id))
-    manifest = service.storage.get_json(protocol.manifest_key(body["job_id"]))
+    assert not service.storage.exists(layout.input_key(body["job_id"], image_id))
+    manifest = service.storage.get_json(layout.manifest_key(body["job_id"]))
     assert manifest["images"][0]["filename"] == "img0.jpg"
 
 
@@ -325,12 +266,13 @@ def test_fastapi_telemetry_is_on_only_where_a_provider_is_configured(
 def test_a_one_image_call_submits_on_the_event_loop_only_with_local_backends(
     tmp_path: Any, storage_url: str, fsync: bool, queue_url: str, inline: bool
 ) -> None:
-    from dlaas.web.ingest import JobService
+    from dlaas.jobs.store import JobStore
+    from dlaas.web.ingest import Ingest
 
     options = {"fsync": True} if fsync else {}
     storage = open_storage(storage_url.format(tmp=tmp_path), **options)
     queue = open_queue(queue_url.format(tmp=tmp_path))
 
-    service = JobService(storage, queue, max_bytes=1000, max_pixels=1000)
+    ingest = Ingest(JobStore(storage, queue), max_bytes=1000, max_pixels=1000)
 
-    assert service.inline_submit is inline
+    assert ingest.inline_submit is inline

@@ -20,13 +20,13 @@ import httpx
 import pytest
 from starlette.routing import Mount, Route
 
-from dlaas import protocol
+from dlaas.jobs import layout
 from dlaas.keys import add_key, hash_key, revoke_owner
 from dlaas.model import ModelSpec
-from dlaas.web.auth import is_public
+from dlaas.web.security.auth import is_public
+from tests.service import Service
 from tests.support import ServeProcess
 from tests.web.live import LiveServer
-from tests.web.test_app import Service
 
 CALLERS = ("none", "wrong", "other", "own", "admin")
 PUBLIC = (200, 200, 200, 200, 200)
@@ -181,7 +181,7 @@ def test_health_says_only_ok_or_unavailable_to_callers_without_an_admin_key(
 
 def test_jobs_record_their_owner(keyed: Keyed, small_jpeg: bytes) -> None:
     job = alice_job(keyed, small_jpeg)
-    manifest = keyed.service.storage.get_json(protocol.manifest_key(job))
+    manifest = keyed.service.storage.get_json(layout.manifest_key(job))
     assert manifest["owner"] == "alice"
 
 

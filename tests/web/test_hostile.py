@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dlaas.model import ModelSpec
-from tests.web.test_app import Service
+from tests.service import Service
 
 
 def _part(field: str, filename: str, data: bytes, boundary: str = "B0undary") -> bytes:

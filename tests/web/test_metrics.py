@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from dlaas import protocol
+from dlaas.jobs import layout, messages, records
 from dlaas.model import ModelSpec
 from dlaas.web.metrics import Metrics
-from tests.web.test_app import Service, files, wait_complete
+from tests.service import Service, files, wait_complete
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -88,7 +88,7 @@ def test_counters_and_histograms_match_a_job(
         # reads it (so it fails in the worker and never reaches a forward pass)...
         body = client.post("/v1/jobs", files=files(*images)).json()
         lost = body["images"][4]["image_id"]
-        svc.storage.delete(protocol.input_key(body["job_id"], lost))
+        svc.storage.delete(layout.input_key(body["job_id"], lost))
         svc.start_worker()
         job = wait_complete(client, body["job_id"])
         assert job["counts"] == {"total": 5, "queued": 0, "done": 4, "failed": 1}
@@ -133,18 +133,23 @@ def test_queue_gauges_show_a_backlog(counting_service: CountingService, small_jp
 
 
 def reply(
-    image_id: str, batch: dict[str, float] | None = None, status: protocol.ReplyStatus = "done"
-) -> protocol.Reply:
-    return protocol.Reply(
+    image_id: str, batch: messages.BatchFigures | None = None, status: str = "done"
+) -> messages.Reply:
+    if status == "classifying":
+        return messages.Progress("j", image_id)
+    if status == "cancelled":
+        return messages.Cancelled("j", image_id)
+    record = records.result_record(
         job_id="j",
         image_id=image_id,
-        status=status,
-        result_key=f"results/j/{image_id}.json",
+        status="done" if status == "done" else "failed",
+        model="m",
+        worker_id="w",
         timings_ms={"queue_wait": 40.0},
         enqueued_at=1000.0,
-        completed_at=1000.25,
-        batch=batch,
     )
+    record["completed_at"] = 1000.25
+    return messages.Finished(record, stored=True, batch=batch)
 
 
 def test_a_batch_is_observed_once_from_the_reply_that_carries_it() -> None:

@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, expect
 from prometheus_client.parser import text_string_to_metric_families
 
-from dlaas import protocol
+from dlaas.jobs import records
 from dlaas.keys import add_key
 from dlaas.model import ModelSpec
 from tests.support import ServeProcess
@@ -124,7 +124,7 @@ def test_upload_three_photos_through_the_page(
         card = cards.filter(has=page.locator(".filename", has_text=f"{name}.jpg"))
         expect(card.locator(".pred")).to_have_count(5)
         top = card.locator(".pred").first.get_attribute("title") or ""
-        assert protocol.short_label(top) in accepted, (name, top)
+        assert records.short_label(top) in accepted, (name, top)
         assert card.locator(".thumb img").evaluate("img => img.naturalWidth") > 0
 
     # The file the API refused (415) says why, on its own card.
@@ -143,7 +143,7 @@ def test_upload_three_photos_through_the_page(
         rows = list(csv.DictReader(f))
     assert sorted(r["filename"] for r in rows) == sorted(p.name for p in uploads)
     by_name = {r["filename"]: r for r in rows}
-    assert protocol.short_label(by_name["coffee.jpg"]["label_1"]) in EXPECTED["coffee"]
+    assert records.short_label(by_name["coffee.jpg"]["label_1"]) in EXPECTED["coffee"]
     assert by_name["notes.txt"]["status"] == "failed"
 
     # The scaling chart drew the workers that rose for this job (the area grows by

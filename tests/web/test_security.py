@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from dlaas import protocol
+from dlaas.assemble import build_app
 from dlaas.errors import ConfigError
+from dlaas.jobs import messages
 from dlaas.keys import KeyRing, add_key
 from dlaas.queue import open_queue
 from dlaas.settings import load_settings
 from dlaas.storage import open_storage
-from dlaas.web import create_app
-from dlaas.web.auth import AuthMiddleware
 from dlaas.web.security import check_exposure
-from dlaas.web.tenancy import OwnerBacklog, RateLimiter
+from dlaas.web.security.auth import AuthMiddleware
+from dlaas.web.security.tenancy import OwnerBacklog, RateLimiter
 from tests.support import free_port
 
 
@@ -37,7 +37,7 @@ class Clock:
 
 def client_for(**overrides: object) -> TestClient:
     name = uuid.uuid4().hex[:8]
-    app = create_app(
+    app = build_app(
         load_settings(**overrides),
         open_storage(f"memory://{name}"),
         open_queue(f"memory://{name}", name="input"),
@@ -167,12 +167,9 @@ def test_owner_backlog_counts_until_the_final_reply_or_the_horizon() -> None:
     backlog.check("b", 3)
     backlog.check("b", 50)  # a first job always fits, however big
 
-    def reply(image_id: str, status: str) -> protocol.Reply:
-        return protocol.Reply(job_id="j", image_id=image_id, status=status, result_key="k")  # type: ignore[arg-type]
-
-    backlog.observe_reply(reply("i1", "classifying"))
+    backlog.observe_reply(messages.Progress("j", "i1"))
     assert backlog.waiting("a") == 2
-    backlog.observe_reply(reply("i1", "done"))
+    backlog.observe_reply(messages.Cancelled("j", "i1"))
     assert backlog.waiting("a") == 1
     clock.now += 61
     assert backlog.waiting("a") == 0  # dead-lettered or cancelled: no reply will come

@@ -9,15 +9,16 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from dlaas import protocol
+from dlaas.jobs import layout, messages, records
+from dlaas.jobs.store import JobStore
 from dlaas.model import ModelSpec
 from dlaas.queue import open_queue
 from dlaas.queue.base import Queue
 from dlaas.storage import open_storage
 from dlaas.storage.base import Storage
-from dlaas.web.multipart import single_file
 from dlaas.web.replies import REPLY_PREFIX, ReplyHub
-from tests.web.test_app import Service
+from dlaas.web.uploads.multipart import single_file
+from tests.service import Service
 
 CT = "multipart/form-data; boundary=XyZ"
 ONE = (
@@ -111,7 +112,7 @@ def test_a_result_that_comes_after_the_timeout_is_stored_for_polling(
             response = client.post(
                 "/v1/classify?timeout_s=0.2", files={"file": ("a.jpg", small_jpeg)}
             )
-            assert response.status_code == 504
+            assert response.status_code == 202
             job_id = response.json()["job_id"]
             svc.thread.start()  # the worker comes late; its reply finds nobody waiting
             deadline = time.monotonic() + 20
@@ -126,21 +127,15 @@ def test_a_result_that_comes_after_the_timeout_is_stored_for_polling(
         svc.close()
 
 
-def strand_a_result(queue: Queue, storage: Storage, dead: str) -> protocol.Reply:
+def strand_a_result(queue: Queue, storage: Storage, dead: str) -> messages.Finished:
     """A reply carrying its result, left in the reply queue ``dead`` of a web process
     that died: its heartbeat record is long stale, so any other web process adopts it."""
-    record = protocol.result_record(
+    record = records.result_record(
         job_id="j" * 32, image_id="i" * 32, status="done", model="m", worker_id="w"
     )
-    reply = protocol.Reply(
-        job_id="j" * 32,
-        image_id="i" * 32,
-        status="done",
-        result_key=protocol.result_key("j" * 32, "i" * 32),
-        result=record,
-    )
-    queue.sibling(dead).send(reply.to_json())
-    storage.put_json(f"replies/{dead}.json", {"queue": dead, "updated_at": 0.0})
+    reply = messages.Finished(record, stored=False)
+    queue.sibling(dead).send(messages.reply_to_json(reply))
+    storage.put_json(layout.reply_queue_key(dead), {"queue": dead, "updated_at": 0.0})
     return reply
 
 
@@ -150,11 +145,11 @@ def test_results_left_in_a_dead_web_process_queue_are_stored() -> None:
     queue = open_queue(f"memory://{name}", name="input")
     dead = REPLY_PREFIX + "dead0000"
     reply = strand_a_result(queue, storage, dead)
-    hub = ReplyHub(queue, storage)
+    hub = ReplyHub(JobStore(storage, queue))
     loop = asyncio.new_event_loop()
     try:
         hub.start(loop)
-        assert storage.get_json(reply.result_key) == reply.result
+        assert storage.get_json(layout.result_key(reply.job_id, reply.image_id)) == reply.result
         assert queue.sibling(dead).stats().visible == 0
     finally:
         hub.stop()

@@ -10,7 +10,7 @@ import pytest
 from PIL import ExifTags, Image
 
 from dlaas.errors import WebError
-from dlaas.web.validate import check_image, sniff_format
+from dlaas.web.uploads.validate import check_image, sniff_format
 
 MAX_BYTES = 1_000_000
 MAX_PIXELS = 40_000_000

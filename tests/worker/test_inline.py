@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from dlaas import protocol
 from dlaas.errors import QueueError
+from dlaas.jobs import layout, messages
 from dlaas.model import Classifier, ModelSpec
 from dlaas.queue import open_queue
 from dlaas.queue.base import Queue
@@ -13,11 +13,11 @@ from dlaas.storage import open_storage
 from tests.worker.test_loop import drain_replies, make_worker
 
 
-def enqueue_inline(storage: object, queue: Queue, payload: bytes) -> protocol.Task:
-    job_id, image_id = protocol.new_id(), protocol.new_id()
-    key = protocol.input_key(job_id, image_id)
+def enqueue_inline(storage: object, queue: Queue, payload: bytes) -> messages.Task:
+    job_id, image_id = layout.new_id(), layout.new_id()
+    key = layout.input_key(job_id, image_id)
     storage.put(key, payload)  # type: ignore[attr-defined]
-    task = protocol.Task(job_id, image_id, key, reply_to="replies", inline_result=True)
+    task = messages.Task(job_id, image_id, key, reply_to="replies", inline_result=True)
     queue.send(task.to_json())
     return task
 
@@ -33,7 +33,7 @@ def test_an_inline_result_is_in_the_reply_and_not_in_storage(
     (reply,) = drain_replies(queue)
     assert reply.result is not None and reply.result["image_id"] == task.image_id
     assert reply.result["status"] == "done" and len(reply.result["predictions"]) == 5
-    assert not storage.exists(protocol.result_key(task.job_id, task.image_id))
+    assert not storage.exists(layout.result_key(task.job_id, task.image_id))
     assert queue.stats().visible + queue.stats().in_flight == 0
 
 
@@ -64,6 +64,6 @@ def test_an_inline_result_whose_reply_fails_is_stored_as_a_file(
     task = enqueue_inline(storage, queue, small_jpeg)
     worker = make_worker(storage, BrokenReplies(queue), Classifier(tiny_spec))  # type: ignore[arg-type]
     worker.process(queue.receive(max_messages=8))
-    record = storage.get_json(protocol.result_key(task.job_id, task.image_id))
+    record = storage.get_json(layout.result_key(task.job_id, task.image_id))
     assert record["status"] == "done"
     assert queue.stats().visible + queue.stats().in_flight == 0

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dlaas import protocol
 from dlaas.errors import StorageError
+from dlaas.jobs import layout, messages
 from dlaas.model import Classifier, ModelSpec
 from dlaas.queue import open_queue
 from dlaas.queue.base import Queue
 from dlaas.storage import open_storage
 from dlaas.storage.base import Storage
-from dlaas.worker import Worker
+from dlaas.worker import Worker, WorkerOptions
 
 
 @pytest.fixture
@@ -36,7 +36,6 @@ def queue() -> Queue:
 
 def make_worker(storage: Storage, queue: Queue, classifier: Any, **kwargs: Any) -> Worker:
     options: dict[str, Any] = {
-        "worker_id": "w-test",
         "batch_size": 8,
         "max_batch_delay_ms": 20,
         "idle_timeout_s": 1.0,
@@ -44,31 +43,37 @@ def make_worker(storage: Storage, queue: Queue, classifier: Any, **kwargs: Any) 
         "receive_wait_s": 0.1,
     }
     options.update(kwargs)
-    return Worker(storage=storage, queue=queue, classifier=classifier, **options)
+    return Worker(
+        storage=storage,
+        queue=queue,
+        classifier=classifier,
+        worker_id="w-test",
+        options=WorkerOptions(**options),
+    )
 
 
 def enqueue(
     storage: Storage, queue: Queue, payloads: list[bytes], reply_to: str | None = "replies"
-) -> list[protocol.Task]:
-    job_id = protocol.new_id()
+) -> list[messages.Task]:
+    job_id = layout.new_id()
     tasks = []
     for payload in payloads:
-        image_id = protocol.new_id()
-        key = protocol.input_key(job_id, image_id)
+        image_id = layout.new_id()
+        key = layout.input_key(job_id, image_id)
         storage.put(key, payload)
-        tasks.append(protocol.Task(job_id=job_id, image_id=image_id, key=key, reply_to=reply_to))
+        tasks.append(messages.Task(job_id=job_id, image_id=image_id, key=key, reply_to=reply_to))
     queue.send_batch([t.to_json() for t in tasks])
     return tasks
 
 
-def drain_replies(queue: Queue, *, final_only: bool = True) -> list[protocol.Reply]:
-    """Every reply sent so far; by default without the "classifying" notices."""
+def drain_replies(queue: Queue, *, final_only: bool = True) -> list[messages.Reply]:
+    """Every reply sent so far; by default without the progress notices."""
     replies = []
     reply_queue = queue.sibling("replies")
     while batch := reply_queue.receive(max_messages=10, wait_time_s=0):
-        replies.extend(protocol.Reply.from_json(m.body) for m in batch)
+        replies.extend(messages.reply_from_json(m.body) for m in batch)
         reply_queue.delete_batch([m.receipt for m in batch])
-    return [r for r in replies if not final_only or r.status != "classifying"]
+    return [r for r in replies if not final_only or not isinstance(r, messages.Progress)]
 
 
 def test_one_batch_one_forward_pass(
@@ -89,7 +94,7 @@ def test_one_batch_one_forward_pass(
     assert worker.exit_reason == "idle"
     assert calls == [6]
     for task in tasks:
-        result = storage.get_json(protocol.result_key(task.job_id, task.image_id))
+        result = storage.get_json(layout.result_key(task.job_id, task.image_id))
         assert result["status"] == "done"
         assert result["worker_id"] == "w-test"
         assert result["model"] == tiny_spec.name
@@ -104,8 +109,8 @@ def test_a_bad_image_fails_alone(
 ) -> None:
     good, bad = enqueue(storage, queue, [small_jpeg, b"\xff\xd8\xff\xe0 truncated garbage"])
     make_worker(storage, queue, Classifier(tiny_spec)).run()
-    assert storage.get_json(protocol.result_key(good.job_id, good.image_id))["status"] == "done"
-    failed = storage.get_json(protocol.result_key(bad.job_id, bad.image_id))
+    assert storage.get_json(layout.result_key(good.job_id, good.image_id))["status"] == "done"
+    failed = storage.get_json(layout.result_key(bad.job_id, bad.image_id))
     assert failed["status"] == "failed"
     assert failed["error"]
     assert queue.stats().visible == 0  # the bad image's message was deleted too
@@ -138,7 +143,7 @@ def test_transient_storage_error_leaves_the_message_for_retry(
         flaky, queue, Classifier(tiny_spec), visibility_timeout_s=1, idle_timeout_s=3
     )  # type: ignore[arg-type]
     worker.run()
-    result = storage.get_json(protocol.result_key(task.job_id, task.image_id))
+    result = storage.get_json(layout.result_key(task.job_id, task.image_id))
     assert result["status"] == "done"  # succeeded on redelivery
 
 
@@ -148,7 +153,7 @@ def test_missing_input_is_a_failed_result(
     (task,) = enqueue(storage, queue, [small_jpeg])
     storage.delete(task.key)
     make_worker(storage, queue, Classifier(tiny_spec)).run()
-    result = storage.get_json(protocol.result_key(task.job_id, task.image_id))
+    result = storage.get_json(layout.result_key(task.job_id, task.image_id))
     assert result["status"] == "failed"
     assert "no longer in storage" in result["error"]
 
@@ -166,13 +171,13 @@ def test_malformed_body_goes_to_dead_letter(
 def test_drain_marker_stops_the_worker(
     storage: Storage, queue: Queue, tiny_spec: ModelSpec
 ) -> None:
-    storage.put(protocol.drain_key("w-test"), b"")
+    storage.put(layout.drain_key("w-test"), b"")
     worker = make_worker(storage, queue, Classifier(tiny_spec), idle_timeout_s=60)
     started = time.monotonic()
     assert worker.run() == 0
     assert worker.exit_reason == "drained"
     assert time.monotonic() - started < 5
-    record = storage.get_json(protocol.worker_key("w-test"))
+    record = storage.get_json(layout.worker_key("w-test"))
     assert record["state"] == "stopped"
 
 
@@ -212,7 +217,7 @@ def test_heartbeat_keeps_a_slow_batch_invisible(
         assert queue.receive(max_messages=1, wait_time_s=0) == []
         time.sleep(0.2)
     thread.join(timeout=10)
-    result = storage.get_json(protocol.result_key(task.job_id, task.image_id))
+    result = storage.get_json(layout.result_key(task.job_id, task.image_id))
     assert result["status"] == "done"
     assert queue.stats().in_flight == 0
 
@@ -232,9 +237,9 @@ def test_stop_finishes_the_batch_in_hand_and_takes_no_more(
     thread.join(timeout=10)
     assert not thread.is_alive()
     for task in first:
-        assert storage.exists(protocol.result_key(task.job_id, task.image_id))
+        assert storage.exists(layout.result_key(task.job_id, task.image_id))
     for task in later:
-        assert not storage.exists(protocol.result_key(task.job_id, task.image_id))
+        assert not storage.exists(layout.result_key(task.job_id, task.image_id))
     assert queue.stats().visible == 2
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dlaas import protocol
+from dlaas.jobs import layout, messages
 from dlaas.queue import open_queue
 from dlaas.queue.base import Queue
 from dlaas.storage import open_storage
@@ -31,14 +31,14 @@ class Cluster:
         self.storage: Storage = open_storage(self.storage_url)
         self.queue: Queue = open_queue(self.queue_url, name="dlaas-input")
 
-    def enqueue(self, payloads: list[bytes]) -> list[protocol.Task]:
-        job_id = protocol.new_id()
+    def enqueue(self, payloads: list[bytes]) -> list[messages.Task]:
+        job_id = layout.new_id()
         tasks = []
         for payload in payloads:
-            image_id = protocol.new_id()
-            key = protocol.input_key(job_id, image_id)
+            image_id = layout.new_id()
+            key = layout.input_key(job_id, image_id)
             self.storage.put(key, payload)
-            tasks.append(protocol.Task(job_id=job_id, image_id=image_id, key=key))
+            tasks.append(messages.Task(job_id=job_id, image_id=image_id, key=key))
         self.queue.send_batch([t.to_json() for t in tasks])
         return tasks
 
@@ -57,7 +57,7 @@ class Cluster:
             )
 
     def wait_busy(self, worker_id: str, timeout_s: float = 60) -> None:
-        path = self.root / "objects" / protocol.worker_key(worker_id)
+        path = self.root / "objects" / layout.worker_key(worker_id)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -71,10 +71,10 @@ class Cluster:
     def log(self, worker_id: str) -> str:
         return (self.root / f"{worker_id}.log").read_text(errors="replace")[-4000:]
 
-    def results(self, tasks: list[protocol.Task]) -> dict[str, dict[str, object]]:
+    def results(self, tasks: list[messages.Task]) -> dict[str, dict[str, object]]:
         out = {}
         for t in tasks:
-            key = protocol.result_key(t.job_id, t.image_id)
+            key = layout.result_key(t.job_id, t.image_id)
             if self.storage.exists(key):
                 out[t.image_id] = self.storage.get_json(key)
         return out
@@ -125,6 +125,6 @@ def test_idle_worker_exits_by_itself(cluster: Cluster) -> None:
     a = cluster.start_worker("A", idle_timeout_s="1")
     assert a.wait(timeout=60) == 0, cluster.log("A")
     assert time.monotonic() - started < 60
-    record = cluster.storage.get_json(protocol.worker_key("A"))
+    record = cluster.storage.get_json(layout.worker_key("A"))
     assert record["state"] == "stopped"
     assert record["exit_reason"] == "idle"

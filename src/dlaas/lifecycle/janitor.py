@@ -1,9 +1,9 @@
 """The retention janitor: removes jobs older than ``--retention-h`` from the store.
 
-It tells a job's age from its ID (``protocol.job_created_at``), so a sweep lists keys
+It tells a job's age from its ID (``layout.job_created_at``), so a sweep lists keys
 and reads nothing but the manifests of jobs stored before IDs carried their time.
-Deleting is idempotent, so several processes may sweep at once; a lease in
-``janitor/lease.json`` only spares them the duplicate work. It also removes what late
+Deleting is idempotent, so several processes may sweep at once; a lease
+(``layout.JANITOR_LEASE``) only spares them the duplicate work. It also removes what late
 workers wrote for purged jobs, idempotency records past their 24 h, and the records of
 workers that stopped longer ago than the retention.
 """
@@ -15,26 +15,22 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
-from dlaas import protocol
 from dlaas.errors import DlaasError, ObjectNotFound
-from dlaas.lifecycle.catalog import iter_job_ids
-from dlaas.lifecycle.idempotency import IDEMPOTENCY_TTL_S
+from dlaas.jobs import layout
+from dlaas.jobs.idempotency import IDEMPOTENCY_TTL_S
+from dlaas.jobs.records import (
+    JanitorLease,
+    RecordError,
+    as_cancel_marker,
+    as_health,
+    as_idempotency,
+    as_lease,
+    as_manifest,
+)
 from dlaas.storage.base import Storage
 
 log = logging.getLogger("dlaas.janitor")
-
-LEASE_KEY = "janitor/lease.json"
-# (prefix, position of the job ID among the key's segments)
-JOB_KEYS = (
-    ("jobs/", 1),
-    ("inputs/", 1),
-    ("results/", 1),
-    ("webhooks/", 1),
-    ("owners/", 2),
-    ("cancelled/", 1),  # last: the tombstone outlives the objects it guards
-)
 
 
 class Janitor:
@@ -76,14 +72,13 @@ class Janitor:
         """Best effort: skip a sweep another process started less than an interval ago."""
         now = self.clock()
         try:
-            lease = self.storage.get_json(LEASE_KEY)
-        except ObjectNotFound:
-            lease = {}
-        if lease.get("holder") not in (None, self.name) and lease.get("until", 0) > now:
+            lease: JanitorLease | None = as_lease(self.storage.get_json(layout.JANITOR_LEASE))
+        except (ObjectNotFound, RecordError):
+            lease = None
+        if lease is not None and lease["holder"] != self.name and lease["until"] > now:
             return False
-        self.storage.put_json(
-            LEASE_KEY, {"holder": self.name, "until": now + self.interval_s * 0.9}
-        )
+        mine: JanitorLease = {"holder": self.name, "until": now + self.interval_s * 0.9}
+        self.storage.put_json(layout.JANITOR_LEASE, mine)
         return True
 
     def sweep(self) -> dict[str, int]:
@@ -93,9 +88,11 @@ class Janitor:
         if self.retention_s > 0:
             cutoff = now - self.retention_s
             ages: dict[str, float | None] = {}
-            for prefix, position in JOB_KEYS:
+            for prefix, position in layout.JOB_FAMILIES:
                 keys = self.storage.list(prefix)
-                old = [k for k, j in iter_job_ids(keys, position) if self._age(j, ages, cutoff)]
+                old = [
+                    k for k, j in layout.iter_job_ids(keys, position) if self._age(j, ages, cutoff)
+                ]
                 removed[prefix.rstrip("/")] = self._delete(old)
             removed["workers"] = self._delete(self._stopped_workers(cutoff))
         removed["purged_leftovers"] = self._delete(self._purged_leftovers())
@@ -107,13 +104,12 @@ class Janitor:
     def _age(self, job_id: str, ages: dict[str, float | None], cutoff: float) -> bool:
         """True when the job is older than the cutoff; unknown ages are kept."""
         if job_id not in ages:
-            created = protocol.job_created_at(job_id)
+            created = layout.job_created_at(job_id)
             if created is None:  # an ID from before time-ordered IDs: ask the manifest
                 try:
-                    created = float(
-                        self.storage.get_json(protocol.manifest_key(job_id))["created_at"]
-                    )
-                except (ObjectNotFound, KeyError, ValueError, TypeError):
+                    manifest = as_manifest(self.storage.get_json(layout.manifest_key(job_id)))
+                    created = float(manifest["created_at"])
+                except (ObjectNotFound, RecordError, ValueError, TypeError):
                     created = None
             ages[job_id] = created
         created = ages[job_id]
@@ -121,12 +117,12 @@ class Janitor:
 
     def _stopped_workers(self, cutoff: float) -> list[str]:
         old = []
-        for key in self.storage.list("workers/"):
-            if not key.endswith(".json"):
+        for key in self.storage.list(layout.WORKERS):
+            if not layout.is_worker_record(key):
                 continue
             try:
-                record = self.storage.get_json(key)
-            except ObjectNotFound:
+                record = as_health(self.storage.get_json(key))
+            except (ObjectNotFound, RecordError):
                 continue
             updated_at = record.get("updated_at")
             if record.get("state") == "stopped" and updated_at is not None and updated_at < cutoff:
@@ -136,14 +132,14 @@ class Janitor:
     def _purged_leftovers(self) -> list[str]:
         """Results a worker wrote for a job after it was purged (it was mid-batch)."""
         leftovers: list[str] = []
-        for key, job_id in iter_job_ids(self.storage.list("cancelled/"), 1):
+        for key, job_id in layout.iter_job_ids(self.storage.list(layout.CANCELLED), 1):
             try:
-                marker = self.storage.get_json(key)
-            except ObjectNotFound:
+                marker = as_cancel_marker(self.storage.get_json(key))
+            except (ObjectNotFound, RecordError):
                 continue
-            if marker.get("purged"):
-                leftovers += self.storage.list(f"inputs/{job_id}/")
-                leftovers += self.storage.list(protocol.results_prefix(job_id))
+            if marker["purged"]:
+                for prefix in layout.job_prefixes(job_id):
+                    leftovers += self.storage.list(prefix)
         return leftovers
 
     def _old_idempotency(self, now: float) -> list[str]:
@@ -151,10 +147,13 @@ class Janitor:
             IDEMPOTENCY_TTL_S if self.retention_s <= 0 else min(IDEMPOTENCY_TTL_S, self.retention_s)
         )
         old = []
-        for key in self.storage.list("idempotency/"):
+        for key in self.storage.list(layout.IDEMPOTENCY):
             try:
-                record: dict[str, Any] = self.storage.get_json(key)
+                record = as_idempotency(self.storage.get_json(key))
             except ObjectNotFound:
+                continue
+            except RecordError:  # not a record this version reads: nobody ever will
+                old.append(key)
                 continue
             if record.get("created_at", 0.0) < now - ttl:
                 old.append(key)

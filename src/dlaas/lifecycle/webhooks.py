@@ -1,6 +1,6 @@
 """Completion webhooks: an outbox in the object store, signed deliveries, retries.
 
-At submit, ``webhooks/<job_id>.json`` records the webhook owed, before the job is
+At submit, an outbox record (``layout.webhook_key``) records the webhook owed, before the job is
 enqueued. Every web process (and the controller) runs a ``WebhookDispatcher``: it finds
 owed webhooks whose job has finished, POSTs the summary, and deletes the record only
 after a 2xx. A process that dies mid-way leaves the record, and another process, or the
@@ -26,8 +26,11 @@ from typing import Any
 
 import httpx
 
-from dlaas import __version__, protocol
+from dlaas import __version__
 from dlaas.errors import DlaasError, ObjectNotFound
+from dlaas.jobs import layout
+from dlaas.jobs.records import WebhookOutbox, as_outbox
+from dlaas.jobs.store import JobStatus, JobStore
 from dlaas.lifecycle.guard import (
     Resolver,
     Target,
@@ -36,9 +39,7 @@ from dlaas.lifecycle.guard import (
     parse_allow_hosts,
     resolve,
 )
-from dlaas.lifecycle.status import is_finished, job_counts
 from dlaas.settings import Settings
-from dlaas.storage.base import Storage
 
 log = logging.getLogger("dlaas.webhooks")
 
@@ -73,57 +74,16 @@ def verify(
     return hmac.compare_digest(expected, fields.get("v1", ""))
 
 
-def outbox_record(job_id: str, target: Target, results_url: str, owner: str) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "url": target.url,
-        "results_url": results_url,
-        "event_id": uuid.uuid4().hex,
-        "owner": owner,
-        "created_at": time.time(),
-        "attempts": 0,
-        "next_attempt_at": 0.0,
-        "lease_until": 0.0,
-        "state": "pending",
-    }
-
-
-def job_summary(storage: Storage, job_id: str) -> dict[str, Any] | None:
-    """Status and counts of a job from storage; None when the job is gone."""
-    try:
-        manifest = protocol.as_manifest(storage.get_json(protocol.manifest_key(job_id)))
-    except ObjectNotFound:
-        return None
-    total = len(manifest["images"])
-    keys = storage.list(protocol.results_prefix(job_id))
-    cancelled = storage.exists(protocol.cancel_key(job_id))
-    if len(keys) < total:  # cheap: no record is read until every image has one
-        statuses: list[str] = []
-        complete = False
-    else:
-        statuses = []
-        for key in keys:
-            try:
-                statuses.append(protocol.as_result(storage.get_json(key))["status"])
-            except ObjectNotFound:
-                continue
-        complete = True
-    state, counts = job_counts(total, statuses, cancelled=cancelled)
-    if not complete:
-        state = "cancelling" if cancelled else "running"
-    return {"status": state, "counts": counts, "created_at": manifest["created_at"]}
-
-
-def payload(record: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+def payload(record: WebhookOutbox, status: JobStatus, created_at: float) -> dict[str, Any]:
     """The documented body (docs/api.md, "Completion webhooks")."""
     return {
         "event_id": record["event_id"],
         "type": EVENT_TYPE,
         "job_id": record["job_id"],
-        "status": summary["status"],
-        "counts": summary["counts"],
+        "status": status.state,
+        "counts": status.counts,
         "results_url": record["results_url"],
-        "created_at": summary["created_at"],
+        "created_at": created_at,
         "finished_at": time.time(),
     }
 
@@ -133,7 +93,7 @@ class WebhookDispatcher:
 
     def __init__(
         self,
-        storage: Storage,
+        jobs: JobStore,
         *,
         secret: bytes,
         allow_hosts: Sequence[str],
@@ -144,7 +104,8 @@ class WebhookDispatcher:
         resolver: Resolver = resolve,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.storage = storage
+        self.jobs = jobs
+        self.storage = jobs.storage
         self.secret = secret
         self.allow_hosts = tuple(allow_hosts)
         self.max_attempts = max_attempts
@@ -196,22 +157,22 @@ class WebhookDispatcher:
     def run_once(self) -> int:
         """One pass over the outbox; returns the webhooks delivered."""
         delivered = 0
-        for key in self.storage.list("webhooks/"):
+        for key in self.storage.list(layout.WEBHOOKS):
             if self._stop.is_set():
                 break
-            job_id = key.removeprefix("webhooks/").removesuffix(".json")
+            job_id = layout.job_of_webhook(key)
             when, _interval = self._next_check.get(job_id, (0.0, 0.0))
             if when > time.monotonic():
                 continue  # not due: not even read
             try:
-                record = dict(self.storage.get_json(key))
+                record = as_outbox(self.storage.get_json(key))
             except ObjectNotFound:
                 continue
             if self._due(record) and self._attempt(key, record):
                 delivered += 1
         return delivered
 
-    def _due(self, record: dict[str, Any]) -> bool:
+    def _due(self, record: WebhookOutbox) -> bool:
         """Pending, and neither waiting for a retry nor leased by another process."""
         if record.get("state") != "pending":
             self._later(record["job_id"], GAVE_UP_RECHECK_S)
@@ -225,13 +186,14 @@ class WebhookDispatcher:
     def _later(self, job_id: str, delay_s: float) -> None:
         self._next_check[job_id] = (time.monotonic() + delay_s, delay_s)
 
-    def _attempt(self, key: str, record: dict[str, Any]) -> bool:
+    def _attempt(self, key: str, record: WebhookOutbox) -> bool:
         job_id = record["job_id"]
-        summary = job_summary(self.storage, job_id)
-        if summary is None:  # purged or expired: nobody to tell
+        found = self.jobs.settled_status(job_id)
+        if found is None:  # purged or expired: nobody to tell
             self.storage.delete(key)
             return False
-        if not is_finished(summary["status"]):
+        manifest, status = found
+        if not status.finished:
             _when, interval = self._next_check.get(job_id, (0.0, 0.5))
             self._later(job_id, min(MAX_CHECK_INTERVAL_S, interval * 2))
             return False
@@ -239,7 +201,7 @@ class WebhookDispatcher:
         record["lease_until"] = self.clock() + LEASE_S
         record["lease_owner"] = self.name
         self.storage.put_json(key, record)
-        error = self._deliver(record, summary)
+        error = self._deliver(record, payload(record, status, manifest["created_at"]))
         if error is None:
             self.storage.delete(key)
             log.info(
@@ -273,13 +235,13 @@ class WebhookDispatcher:
         self.storage.put_json(key, record)
         return False
 
-    def _deliver(self, record: dict[str, Any], summary: dict[str, Any]) -> str | None:
+    def _deliver(self, record: WebhookOutbox, body_fields: dict[str, Any]) -> str | None:
         """POST the signed payload; None on a 2xx, else what went wrong."""
         try:
             target = check_callback(record["url"], self.allow_hosts, self.resolver)
         except WebhookRefused as exc:
             return str(exc)
-        body = json.dumps(payload(record, summary), separators=(",", ":")).encode()
+        body = json.dumps(body_fields, separators=(",", ":")).encode()
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"dlaas-webhooks/{__version__}",
@@ -315,12 +277,12 @@ def webhooks_allowed(settings: Settings) -> tuple[str, ...]:
     return parse_allow_hosts(settings.webhook_allow_hosts)
 
 
-def build_dispatcher(settings: Settings, storage: Storage) -> WebhookDispatcher | None:
+def build_dispatcher(settings: Settings, jobs: JobStore) -> WebhookDispatcher | None:
     allow = webhooks_allowed(settings)
     if not allow or settings.webhook_secret is None:
         return None
     return WebhookDispatcher(
-        storage,
+        jobs,
         secret=settings.webhook_secret.get_secret_value().encode(),
         allow_hosts=allow,
         max_attempts=settings.webhook_max_attempts,

@@ -156,7 +156,12 @@ class Classifier:
         results = []
         for row, ids in zip(probabilities, top, strict=True):
             ranked = ids[np.argsort(-row[ids], kind="stable")]
-            results.append([Prediction(int(i), self.labels[int(i)], float(row[i])) for i in ranked])
+            results.append(
+                [
+                    Prediction(class_id=int(i), label=self.labels[int(i)], score=float(row[i]))
+                    for i in ranked
+                ]
+            )
         return results, probabilities.astype(np.float32)
 
 

@@ -5,24 +5,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
-from dlaas import protocol
 from dlaas.errors import ConfigError
 
 Layout = Literal["NCHW", "NHWC"]
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """One of the top-k classes for an image, with its softmax score."""
+class Prediction(TypedDict):
+    """One of the top-k classes for an image, with its softmax score: the model's answer
+    and, unchanged, an entry of a result record's ``predictions``."""
 
     class_id: int
     label: str
     score: float
-
-    def to_dict(self) -> protocol.Prediction:
-        return {"class_id": self.class_id, "label": self.label, "score": self.score}
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
 """The HTTP API: upload jobs, read results (poll, stream, or wait), health and stats.
 
-``create_app`` builds the shared parts once (``WebContext`` on ``app.state.context``) and
-mounts one router per concern: ``jobs``, ``classify``, ``ops`` and ``page``. A dependency
-for every route of one concern goes on its ``include_router`` line, e.g.
-``app.include_router(jobs.router, dependencies=[Depends(require_key)])``.
+``create_app`` only wires: the parts are built by ``dlaas.assemble.build_app`` into one
+``WebContext`` (the only thing on ``app.state``), and each concern is a router in
+``routes/`` or ``v2/``. A dependency for every route of one concern goes on its
+``include_router`` line, e.g. ``dependencies=[Depends(require_key)]``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,114 +23,50 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dlaas import __version__
 from dlaas.errors import DlaasError, WebError
-from dlaas.protocol import Reply
-from dlaas.queue.base import Queue
-from dlaas.settings import Settings
-from dlaas.storage.base import Storage
-from dlaas.web import classify, jobs, ops, page, security, v2
-from dlaas.web import lifecycle as lifecycle_routes
+from dlaas.web import security, v2
 from dlaas.web.context import WebContext
-from dlaas.web.ingest import JobService
-from dlaas.web.lifecycle import Lifecycle
-from dlaas.web.metrics import Metrics
-from dlaas.web.replies import ReplyHub
-from dlaas.web.tenancy import OwnerBacklog
-from dlaas.web.uploads import BacklogGate, UploadReader
+from dlaas.web.routes import classify, docs, jobs, ops, page, whoami
 
 log = logging.getLogger("dlaas.web")
 
 
-def create_app(
-    settings: Settings,
-    storage: Storage,
-    queue: Queue,
-    *,
-    stats_provider: Callable[[], dict[str, Any]] | None = None,
-    on_enqueued: Callable[[], None] | None = None,
-    workers_readiness: Callable[[], str] | None = None,
-) -> FastAPI:
-    """Build the app around already-open backends.
-
-    ``stats_provider`` is the controller's ``stats``; ``on_enqueued`` its ``wake``, so an
-    idle service starts workers the moment a job arrives rather than at the next tick.
-    ``workers_readiness`` is the launcher's ``readiness``: ``/readyz`` waits for it too.
-    """
-    hub = ReplyHub(queue, storage)
-    metrics = Metrics()
-
-    def accepted(n: int) -> None:
-        metrics.images_accepted(n)
-        if on_enqueued is not None:
-            on_enqueued()
-
-    owners = OwnerBacklog(settings.max_backlog_per_owner)
-    service = JobService(
-        storage,
-        queue,
-        max_bytes=settings.max_upload_bytes,
-        max_pixels=settings.max_pixels,
-        on_accepted=accepted,
-        owner_backlog=owners,
-    )
-
-    lifecycle = Lifecycle.build(settings, storage, queue)
-
-    def on_reply(reply: Reply) -> None:
-        metrics.observe_reply(reply)
-        owners.observe_reply(reply)
-        if lifecycle.dispatcher is not None and reply.status != "classifying":
-            lifecycle.dispatcher.wake(reply.job_id)  # its webhook may be due now
-
-    hub.on_reply = on_reply
-    ctx = WebContext(
-        settings=settings,
-        storage=storage,
-        queue=queue,
-        hub=hub,
-        service=service,
-        metrics=metrics,
-        uploads=UploadReader(settings, BacklogGate(queue, settings.max_backlog), owners),
-        stats_provider=stats_provider,
-        workers_readiness=workers_readiness,
-    )
+def create_app(ctx: WebContext) -> FastAPI:
+    """The app around ``ctx``: its routers, error handlers, security and lifespan."""
+    dispatcher = ctx.dispatcher
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        hub.start(asyncio.get_running_loop())
-        if lifecycle.dispatcher is not None:
-            lifecycle.dispatcher.start()
+        ctx.hub.start(asyncio.get_running_loop())
+        if dispatcher is not None:
+            dispatcher.start()
         try:
             yield
         finally:
-            if lifecycle.dispatcher is not None:
-                await run_in_threadpool(lifecycle.dispatcher.stop)
-            await run_in_threadpool(hub.stop)
+            if dispatcher is not None:
+                await run_in_threadpool(dispatcher.stop)
+            await run_in_threadpool(ctx.hub.stop)
 
     app = FastAPI(
         title="dlaas",
         version=__version__,
         summary="Image classification as a service: upload images, get ImageNet labels.",
         lifespan=lifespan,
-        docs_url=None,  # dlaas.web.docs serves Swagger UI from the package instead
+        docs_url=None,  # routes.docs serves Swagger UI from the package instead
         redoc_url=None,
         telemetry=_telemetry(),
     )
     app.state.context = ctx
-    app.state.hub = hub
-    app.state.service = service
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.lifecycle = lifecycle
     _add_error_handlers(app)
-
-    app.include_router(lifecycle_routes.router)  # before jobs: GET /v1/jobs, DELETE
     app.include_router(jobs.router)
-    app.include_router(classify.build_router(settings.classify_timeout_s))
-    app.include_router(v2.build_router(settings))  # early: routes are matched in order
+    app.include_router(classify.build_router(ctx.settings.classify_timeout_s))
+    app.include_router(v2.build_router(ctx))  # early: routes are matched in order
     app.include_router(page.router)
     app.include_router(ops.router)
     app.include_router(v2.health_router)
-    security.install(app, settings)
+    app.include_router(whoami.router)
+    app.include_router(docs.router)
+    docs.install_openapi(app, keys_on=ctx.keys is not None)
+    security.install(app, ctx.settings, ctx.keys, ctx.limiter)
     return app
 
 

@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from dlaas import protocol
+from dlaas.jobs.messages import Finished, Reply
 
 log = logging.getLogger("dlaas.web")
 
@@ -113,22 +113,25 @@ class Metrics:
     def images_accepted(self, n: int) -> None:
         self.accepted.inc(n)
 
-    def observe_reply(self, reply: protocol.Reply) -> None:
-        """Count one final reply, observe its timings and log its arrival.
+    def observe_reply(self, reply: Reply) -> None:
+        """Count one result, observe its timings and log its arrival.
 
         The log line closes an image's trail: ``image_accepted`` (web), ``image_done``
-        (worker), then ``result_received`` here. ``classifying`` replies are skipped.
+        (worker), then ``result_received`` here. Progress and cancelled replies are
+        skipped: their images were never classified.
         """
-        if reply.status in ("classifying", "cancelled"):  # cancelled: never classified
+        if not isinstance(reply, Finished):
             return
-        (self.done if reply.status == "done" else self.failed).inc()
-        timings = reply.timings_ms or {}
-        wait_ms = timings.get("queue_wait")
+        result = reply.result
+        status = result["status"]
+        (self.done if status == "done" else self.failed).inc()
+        wait_ms = result["timings_ms"].get("queue_wait")
         if wait_ms is not None:
             self.queue_wait.observe(max(0.0, wait_ms) / 1000)
         end_to_end_s = None
-        if reply.enqueued_at and reply.completed_at:
-            end_to_end_s = max(0.0, reply.completed_at - reply.enqueued_at)
+        enqueued_at, completed_at = result["enqueued_at"], result["completed_at"]
+        if enqueued_at and completed_at:
+            end_to_end_s = max(0.0, completed_at - enqueued_at)
             self.end_to_end.observe(end_to_end_s)
         if reply.batch is not None:  # the one reply per batch that carries its figures
             self.inference.observe(reply.batch["infer_ms"] / 1000)
@@ -138,7 +141,7 @@ class Metrics:
             extra={
                 "job_id": reply.job_id,
                 "image_id": reply.image_id,
-                "status": reply.status,
+                "status": status,
                 "end_to_end_ms": None if end_to_end_s is None else round(end_to_end_s * 1000, 1),
             },
         )

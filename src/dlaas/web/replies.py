@@ -7,11 +7,12 @@ job's event-stream subscribers. Several web processes can share a store and queu
 because each reads only its own replies; any of them can serve ``GET`` from storage.
 
 A synchronous call asks for its result inside the reply, so no result file is written
-or read. Such a reply that finds nobody waiting (the call timed out and told its client
-to poll) is stored as a file before its message is deleted, so it is never lost.
+or read. The hub is the one writer of those results: a reply that finds nobody waiting
+(the call timed out and told its client to poll) is stored as a file before its message
+is deleted, so it is never lost; so are the results a timed-out call already took.
 
 Reply queues of web processes that died are removed by the next one to start: each
-hub refreshes ``replies/<name>.json`` and a record older than ``stale_after_s`` marks
+hub refreshes its ``reply_queue_key`` record and one older than ``stale_after_s`` marks
 its queue as abandoned. Results still inside such a queue are stored first.
 """
 
@@ -25,10 +26,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from dlaas import protocol
 from dlaas.errors import DlaasError
+from dlaas.jobs import layout
+from dlaas.jobs.messages import Finished, Reply, reply_from_json
+from dlaas.jobs.records import ReplyQueueRecord, as_reply_queue
+from dlaas.jobs.store import JobStore
 from dlaas.queue.base import Message, Queue
-from dlaas.storage.base import Storage
 
 log = logging.getLogger("dlaas.web")
 
@@ -39,27 +42,26 @@ HANDOVER_TIMEOUT_S = 10.0  # the event loop is stuck if it takes longer to dispa
 class ReplyHub:
     def __init__(
         self,
-        input_queue: Queue,
-        storage: Storage,
+        jobs: JobStore,
         *,
         wait_time_s: float = 1.0,
         refresh_s: float = 30.0,
         stale_after_s: float = 300.0,
     ) -> None:
-        self.name = REPLY_PREFIX + protocol.new_id()[:16]
-        self.queue = input_queue.sibling(self.name)
-        self.input_queue = input_queue
-        self.storage = storage
+        self.name = REPLY_PREFIX + layout.new_id()[:16]
+        self.jobs = jobs
+        self.storage = jobs.storage
+        self.input_queue = jobs.queue
+        self.queue = jobs.queue.sibling(self.name)
         self.wait_time_s = wait_time_s
         self.refresh_s = refresh_s
         self.stale_after_s = stale_after_s
-        self._waiters: dict[str, asyncio.Future[protocol.Reply]] = {}
-        self._subscribers: defaultdict[str, set[asyncio.Queue[protocol.Reply]]] = defaultdict(set)
+        self._waiters: dict[str, asyncio.Future[Finished]] = {}
+        self._subscribers: defaultdict[str, set[asyncio.Queue[Reply]]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.delivered = 0
-        self.on_reply: Callable[[protocol.Reply], None] | None = None  # metrics hook
+        self.on_reply: Callable[[Reply], None] | None = None  # metrics hook
 
     @property
     def alive(self) -> bool:
@@ -83,47 +85,46 @@ class ReplyHub:
             # Mark the record stale rather than delete it: workers finishing their last
             # batch may still reply here, and the next web process to start then removes
             # those stragglers along with the queue.
-            self.storage.put_json(
-                self._record_key(self.name), {"queue": self.name, "updated_at": 0.0}
-            )
+            stale: ReplyQueueRecord = {"queue": self.name, "updated_at": 0.0}
+            self.storage.put_json(layout.reply_queue_key(self.name), stale)
         except DlaasError as exc:
             log.warning("reply_hub_cleanup_failed", extra={"error": str(exc)})
 
     # Event-loop side ---------------------------------------------------------
 
-    def expect(self, image_id: str) -> asyncio.Future[protocol.Reply]:
+    def expect(self, image_id: str) -> asyncio.Future[Finished]:
         """Register interest before enqueueing, so a fast reply cannot be missed."""
         assert self._loop is not None, "ReplyHub.start() was not called"
-        future: asyncio.Future[protocol.Reply] = self._loop.create_future()
+        future: asyncio.Future[Finished] = self._loop.create_future()
         self._waiters[image_id] = future
         return future
 
     def forget(self, image_id: str) -> None:
         self._waiters.pop(image_id, None)
 
-    def subscribe(self, job_id: str) -> asyncio.Queue[protocol.Reply]:
-        inbox: asyncio.Queue[protocol.Reply] = asyncio.Queue()
+    def subscribe(self, job_id: str) -> asyncio.Queue[Reply]:
+        inbox: asyncio.Queue[Reply] = asyncio.Queue()
         self._subscribers[job_id].add(inbox)
         return inbox
 
-    def unsubscribe(self, job_id: str, inbox: asyncio.Queue[protocol.Reply]) -> None:
+    def unsubscribe(self, job_id: str, inbox: asyncio.Queue[Reply]) -> None:
         subs = self._subscribers.get(job_id)
         if subs is not None:
             subs.discard(inbox)
             if not subs:
                 del self._subscribers[job_id]
 
-    def _dispatch(self, replies: list[protocol.Reply]) -> list[protocol.Reply]:
-        """Wake the waiters; return the replies carrying a result that nobody took."""
+    def _dispatch(self, replies: list[Reply]) -> list[Finished]:
+        """Wake the waiters; return the results that nobody took and nobody stored."""
         unclaimed = []
         for reply in replies:
             if self.on_reply is not None:
                 self.on_reply(reply)
-            if reply.status != "classifying":
+            if isinstance(reply, Finished):
                 future = self._waiters.pop(reply.image_id, None)
                 if future is not None and not future.done():
                     future.set_result(reply)
-                elif reply.result is not None:
+                elif not reply.stored:
                     unclaimed.append(reply)
             for inbox in self._subscribers.get(reply.job_id, ()):
                 inbox.put_nowait(reply)
@@ -150,14 +151,13 @@ class ReplyHub:
 
     def _handle(self, messages: list[Message]) -> None:
         """Dispatch, store the results nobody took, then delete what is safe to delete."""
-        replies: dict[str, protocol.Reply] = {}  # receipt -> reply
+        replies: dict[str, Reply] = {}  # receipt -> reply
         for message in messages:
             try:
-                replies[message.receipt] = protocol.Reply.from_json(message.body)
+                replies[message.receipt] = reply_from_json(message.body)
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("malformed_reply", extra={"error": str(exc)})
         unclaimed = self._hand_over(list(replies.values())) if replies else []
-        self.delivered += len(replies)
         unsafe = {id(r) for r in unclaimed if not self._store(r)}
         keep = {receipt for receipt, r in replies.items() if id(r) in unsafe}
         try:
@@ -165,12 +165,12 @@ class ReplyHub:
         except DlaasError as exc:
             log.warning("reply_delete_failed", extra={"error": str(exc)})
 
-    def _hand_over(self, replies: list[protocol.Reply]) -> list[protocol.Reply]:
+    def _hand_over(self, replies: list[Reply]) -> list[Finished]:
         """Run ``_dispatch`` on the event loop and wait for it, to learn what was unclaimed."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            return [r for r in replies if r.result is not None]
-        handed: concurrent.futures.Future[list[protocol.Reply]] = concurrent.futures.Future()
+            return _unstored(replies)
+        handed: concurrent.futures.Future[list[Finished]] = concurrent.futures.Future()
 
         def run() -> None:
             try:
@@ -183,12 +183,17 @@ class ReplyHub:
             return handed.result(timeout=HANDOVER_TIMEOUT_S)
         except (RuntimeError, concurrent.futures.TimeoutError):
             # The loop is closing or stuck: keep every result, a duplicate write is harmless.
-            return [r for r in replies if r.result is not None]
+            return _unstored(replies)
 
-    def _store(self, reply: protocol.Reply) -> bool:
+    def store_unclaimed(self, replies: list[Finished]) -> None:
+        """Store results taken off the queue by a call that no longer waits for them."""
+        for reply in _unstored(replies):
+            self._store(reply)
+
+    def _store(self, reply: Finished) -> bool:
         """Store an inline result as its file; False if storage refused (try again later)."""
         try:
-            self.storage.put_json(reply.result_key, reply.result)
+            self.jobs.put_result(reply.result)
         except DlaasError as exc:
             log.warning("reply_store_failed", extra={"image_id": reply.image_id, "error": str(exc)})
             return False
@@ -202,36 +207,31 @@ class ReplyHub:
                 return
             for message in messages:
                 try:
-                    reply = protocol.Reply.from_json(message.body)
+                    reply = reply_from_json(message.body)
                 except (ValueError, KeyError, TypeError):
                     continue
-                if reply.result is not None:
+                if isinstance(reply, Finished) and not reply.stored:
                     self._store(reply)
             queue.delete_batch([m.receipt for m in messages])
 
     # Stale reply queues ------------------------------------------------------
 
-    @staticmethod
-    def _record_key(name: str) -> str:
-        return f"replies/{name}.json"
-
     def _register(self) -> None:
         try:
-            self.storage.put_json(
-                self._record_key(self.name), {"queue": self.name, "updated_at": time.time()}
-            )
+            record: ReplyQueueRecord = {"queue": self.name, "updated_at": time.time()}
+            self.storage.put_json(layout.reply_queue_key(self.name), record)
         except DlaasError as exc:
             log.warning("reply_register_failed", extra={"error": str(exc)})
 
     def _clean_stale(self) -> None:
         try:
-            keys = self.storage.list("replies/")
+            keys = self.storage.list(layout.REPLIES)
         except DlaasError:
             return
         now = time.time()
         for key in keys:
             try:
-                record = self.storage.get_json(key)
+                record = as_reply_queue(self.storage.get_json(key))
                 if now - float(record["updated_at"]) < self.stale_after_s:
                     continue
                 name = str(record["queue"])
@@ -247,3 +247,8 @@ class ReplyHub:
                 log.info("stale_reply_queue_removed", extra={"reply_queue": name})
             except (DlaasError, KeyError, ValueError, TypeError):
                 continue
+
+
+def _unstored(replies: list[Reply] | list[Finished]) -> list[Finished]:
+    """The results that travel only inside their reply (a synchronous call's)."""
+    return [r for r in replies if isinstance(r, Finished) and not r.stored]

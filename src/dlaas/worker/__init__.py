@@ -1,5 +1,6 @@
-"""The app tier: receive a batch, classify it in one forward pass, store results, delete."""
+"""The app tier: receive a batch, classify it in one forward pass, settle every message."""
 
 from dlaas.worker.loop import Worker
+from dlaas.worker.options import WorkerOptions
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "WorkerOptions"]

@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from dlaas import protocol
 from dlaas.errors import DlaasError, ReceiptInvalid
+from dlaas.jobs import layout
+from dlaas.jobs.records import HealthRecord, WorkerHealth
 from dlaas.queue.base import Queue
 from dlaas.storage.base import Storage
 
@@ -38,7 +38,6 @@ class VisibilityHeartbeat:
         self._due = 0.0
         self._closed = False
         self._thread: threading.Thread | None = None
-        self.beats = 0
 
     @contextmanager
     def keeping(self, receipts: Sequence[str]) -> Iterator[None]:
@@ -80,24 +79,23 @@ class VisibilityHeartbeat:
                         log.warning("heartbeat_lost_message", extra={"receipt": receipt[:16]})
                     except DlaasError as exc:
                         log.warning("heartbeat_failed", extra={"error": str(exc)})
-                self.beats += 1
                 self._due = time.monotonic() + self.interval_s
 
 
-class HealthRecord:
-    """The worker's record at ``workers/<id>.json``: state, counters, last batch time.
+class HealthReporter:
+    """Writes the worker's ``HealthRecord`` (``layout.worker_key``): state, counters,
+    last batch time.
 
     Launchers read it to tell a busy worker from an idle one; the stats endpoint reads
-    it to show the fleet. Its ``state`` is a ``protocol.WorkerHealth``. It is written on
-    every state change (so "idle" is never stale while a batch runs) and otherwise at most
-    once per ``min_interval_s``.
+    it to show the fleet. It is written on every state change (so "idle" is never stale
+    while a batch runs) and otherwise at most once per ``min_interval_s``.
     """
 
     def __init__(self, storage: Storage, worker_id: str, min_interval_s: float = 1.0) -> None:
         self.storage = storage
         self.worker_id = worker_id
         self.min_interval_s = min_interval_s
-        self.record: dict[str, Any] = {
+        self.record: HealthRecord = {
             "worker_id": worker_id,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -112,12 +110,13 @@ class HealthRecord:
         self._last_write = 0.0
 
     def update(
-        self, *, force: bool = False, state: protocol.WorkerHealth | None = None, **fields: Any
+        self, *, force: bool = False, state: WorkerHealth | None = None, exit_reason: str = ""
     ) -> None:
+        changed_state = state is not None and state != self.record["state"]
         if state is not None:
-            fields["state"] = state
-        changed_state = "state" in fields and fields["state"] != self.record["state"]
-        self.record.update(fields)
+            self.record["state"] = state
+        if exit_reason:
+            self.record["exit_reason"] = exit_reason
         now = time.monotonic()
         if not (force or changed_state or now - self._last_write >= self.min_interval_s):
             return
@@ -133,7 +132,7 @@ class HealthRecord:
     def _write(self, now: float) -> None:
         self.record["updated_at"] = time.time()
         try:
-            self.storage.put_json(protocol.worker_key(self.worker_id), self.record)
+            self.storage.put_json(layout.worker_key(self.worker_id), self.record)
             self._last_write = now
         except DlaasError as exc:
             log.warning(

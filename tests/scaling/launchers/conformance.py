@@ -2,7 +2,7 @@
 
 A backend passes when ``LauncherConformance`` passes with a ``harness`` fixture for it
 (see ``test_conformance.py``). The harness plays the workers: ``report`` writes the state
-a worker would report (``protocol.WorkerHealth``), so the suite needs no model.
+a worker would report (``records.WorkerHealth``), so the suite needs no model.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Protocol
 
 import pytest
 
-from dlaas import protocol
 from dlaas.errors import ScalingError
+from dlaas.jobs import records
 from dlaas.scaling.launchers.base import Launcher, WorkerInfo, WorkerState
 
 
 class Report(Protocol):
-    def __call__(self, worker_id: str, state: protocol.WorkerHealth) -> None: ...
+    def __call__(self, worker_id: str, state: records.WorkerHealth) -> None: ...
 
 
 @dataclass

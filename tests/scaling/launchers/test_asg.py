@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from dlaas import protocol
 from dlaas.aws import instance as instance_module
 from dlaas.aws.protection import ScaleInProtection
 from dlaas.aws.userdata import render_user_data
 from dlaas.errors import ScalingError
+from dlaas.jobs import layout
 from dlaas.scaling.launchers.asg import AsgLauncher
 from dlaas.scaling.launchers.base import WorkerState
 from dlaas.scaling.launchers.fleet import Grace
@@ -42,7 +42,7 @@ class Group:
 
     def heartbeat(self, worker_id: str, state: str) -> None:
         record = {"worker_id": worker_id, "state": state, "updated_at": time.time()}
-        self.storage.put_json(protocol.worker_key(worker_id), record)
+        self.storage.put_json(layout.worker_key(worker_id), record)
 
     def desired(self) -> int:
         groups = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])
@@ -171,7 +171,7 @@ def test_scaling_to_zero_leaves_busy_and_protected_workers_alone(group: Group) -
     # The booting one left the group at once, lowering the desired capacity with it.
     assert group.members() == sorted([idle, busy, protected])
     assert group.desired() == 3
-    assert all(group.storage.exists(protocol.drain_key(w)) for w in (idle, busy, protected))
+    assert all(group.storage.exists(layout.drain_key(w)) for w in (idle, busy, protected))
 
     group.heartbeat(idle, "stopped")  # the idle worker exits on its drain key
     group.launcher.list()

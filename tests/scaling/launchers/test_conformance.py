@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dlaas import protocol
+from dlaas.jobs import layout, records
 from dlaas.scaling.launchers.asg import AsgLauncher
 from dlaas.scaling.launchers.ec2 import Ec2Launcher
 from dlaas.scaling.launchers.local import LocalLauncher, health_probe
@@ -39,9 +39,9 @@ time.sleep(120)
 
 
 def storage_report(storage: MemoryStorage) -> Report:
-    def report(worker_id: str, state: protocol.WorkerHealth) -> None:
+    def report(worker_id: str, state: records.WorkerHealth) -> None:
         record = {"worker_id": worker_id, "state": state, "updated_at": time.time()}
-        storage.put_json(protocol.worker_key(worker_id), record)
+        storage.put_json(layout.worker_key(worker_id), record)
 
     return report
 
@@ -49,7 +49,7 @@ def storage_report(storage: MemoryStorage) -> Report:
 def memory_harness() -> Iterator[Harness]:
     launcher = MemoryLauncher()
 
-    def report(worker_id: str, state: protocol.WorkerHealth) -> None:
+    def report(worker_id: str, state: records.WorkerHealth) -> None:
         launcher.set_running(worker_id, busy=state == "busy")
 
     yield Harness(launcher, report)
@@ -63,7 +63,7 @@ def local_harness(storage: MemoryStorage, ready_dir: Path) -> Iterator[Harness]:
         stop_timeout_s=5.0,
     )
 
-    def report(worker_id: str, state: protocol.WorkerHealth) -> None:
+    def report(worker_id: str, state: records.WorkerHealth) -> None:
         # The real worker reports once it has loaded its model and handles SIGTERM.
         deadline = time.monotonic() + 15
         while not (ready_dir / worker_id).exists():

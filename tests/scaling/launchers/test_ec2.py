@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from dlaas import protocol
 from dlaas.aws.userdata import render_user_data
+from dlaas.jobs import layout
 from dlaas.queue.memory import MemoryQueue
 from dlaas.scaling.controller import Controller
 from dlaas.scaling.launchers.base import WorkerState
@@ -55,7 +55,7 @@ class Fleet:
     def heartbeat(self, worker_id: str, state: str, *, age_s: float = 0.0) -> None:
         now = time.time() + self.offset_s
         record = {"worker_id": worker_id, "state": state, "updated_at": now - age_s}
-        self.storage.put_json(protocol.worker_key(worker_id), {**record, "last_batch_at": None})
+        self.storage.put_json(layout.worker_key(worker_id), {**record, "last_batch_at": None})
 
     def states(self) -> dict[str, tuple[WorkerState, bool | None]]:
         return {w.id: (w.state, w.busy) for w in self.launcher.list()}
@@ -184,8 +184,8 @@ def test_terminated_instances_are_not_counted_and_their_records_go(fleet: Fleet)
     fleet.launcher.list()
     fleet.ec2.terminate_instances(InstanceIds=[gone])
     assert [w.id for w in fleet.launcher.list()] == [kept]
-    assert not fleet.storage.exists(protocol.worker_key(gone))
-    assert fleet.storage.exists(protocol.worker_key(kept))
+    assert not fleet.storage.exists(layout.worker_key(gone))
+    assert fleet.storage.exists(layout.worker_key(kept))
 
 
 # Draining and terminating --------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_scaling_to_zero_terminates_only_idle_instances(fleet: Fleet) -> None:
     fleet.launcher.drain([idle, busy, booting])
 
     for worker_id in (idle, busy, booting):
-        assert fleet.storage.exists(protocol.drain_key(worker_id))
+        assert fleet.storage.exists(layout.drain_key(worker_id))
     assert fleet.ec2_state(booting) == "terminated"
     assert fleet.ec2_state(idle) == "running"  # its worker exits by itself, in a second
     assert fleet.ec2_state(busy) == "running"
@@ -263,7 +263,7 @@ def test_a_worker_that_never_starts_is_terminated_after_the_boot_grace(fleet: Fl
     fleet.launcher.list()
     assert fleet.ec2_state(stuck) == "terminated"
     # It was told to drain first, so a worker starting at that moment takes nothing.
-    assert fleet.storage.exists(protocol.drain_key(stuck))
+    assert fleet.storage.exists(layout.drain_key(stuck))
 
 
 def test_a_late_heartbeat_saves_an_instance_past_the_boot_grace(fleet: Fleet) -> None:
@@ -286,7 +286,7 @@ def test_an_instance_whose_worker_exited_is_terminated_after_the_stop_grace(flee
 
 def test_unreadable_heartbeat_counts_as_busy(fleet: Fleet) -> None:
     (worker,) = fleet.launcher.launch(1)
-    fleet.storage.put(protocol.worker_key(worker), b"{not json")
+    fleet.storage.put(layout.worker_key(worker), b"{not json")
     fleet.launcher.drain([worker])
     fleet.advance(10_000)
     assert fleet.states() == {worker: (WorkerState.DRAINING, True)}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dlaas import protocol
 from dlaas.errors import ScalingError
+from dlaas.jobs import layout
 from dlaas.scaling.launchers.base import WorkerState
 from dlaas.scaling.launchers.local import LocalLauncher, health_probe
 from dlaas.storage import open_storage
@@ -193,7 +193,7 @@ def test_health_probe_reads_the_worker_record() -> None:
     storage = open_storage(f"memory://probe-{uuid.uuid4().hex}")
     probe = health_probe(storage)
     assert probe("w1") is None
-    storage.put_json(protocol.worker_key("w1"), {"worker_id": "w1", "state": "busy"})
+    storage.put_json(layout.worker_key("w1"), {"worker_id": "w1", "state": "busy"})
     assert probe("w1") == "busy"
-    storage.put(protocol.worker_key("w2"), b"not json")
+    storage.put(layout.worker_key("w2"), b"not json")
     assert probe("w2") is None

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import get_args
 
-from dlaas import protocol
+from dlaas.jobs.records import WorkerHealth
 
-_HEALTH: dict[str, protocol.WorkerHealth] = {
-    state: state for state in get_args(protocol.WorkerHealth)
-}
+_HEALTH: dict[str, WorkerHealth] = {state: state for state in get_args(WorkerHealth)}
 
 
-def reported_health(record: object) -> protocol.WorkerHealth | None:
+def reported_health(record: object) -> WorkerHealth | None:
     """The ``state`` in a worker's health record, None if it has none. A state this
     version does not know counts as "starting": never ready, never given up on."""
     state = record.get("state") if isinstance(record, dict) else None
@@ -31,7 +29,7 @@ def reported_health(record: object) -> protocol.WorkerHealth | None:
 
 
 class WorkerState(StrEnum):
-    """The launcher's view of a worker (a worker's own report is ``protocol.WorkerHealth``)."""
+    """The launcher's view of a worker (a worker's own report is ``WorkerHealth``)."""
 
     STARTING = "starting"  # launched, not yet taking messages (booting, loading the model)
     RUNNING = "running"

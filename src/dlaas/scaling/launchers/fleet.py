@@ -2,8 +2,8 @@
 and deciding which instances may be terminated.
 
 A worker's ID is its instance ID. The worker keeps its heartbeat at
-``protocol.worker_key(id)`` (``state``: a ``protocol.WorkerHealth``, that is starting,
-idle, busy or stopped) and exits after the batch in hand once ``protocol.drain_key(id)``
+``layout.worker_key(id)`` (``state``: a ``WorkerHealth``, that is starting,
+idle, busy or stopped) and exits after the batch in hand once ``layout.drain_key(id)``
 exists; its instance then powers off.
 
 The launcher terminates an instance itself only when no worker can be holding messages
@@ -25,8 +25,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from dlaas import protocol
 from dlaas.errors import DlaasError, ScalingError
+from dlaas.jobs import layout
+from dlaas.jobs.records import WorkerHealth
 from dlaas.scaling.launchers.base import Launcher, WorkerInfo, WorkerState, reported_health
 from dlaas.storage.base import Storage
 
@@ -55,7 +56,7 @@ class Instance:
 class Heartbeat:
     """The worker's record; ``state`` None means no record was found."""
 
-    state: protocol.WorkerHealth | None = None
+    state: WorkerHealth | None = None
     updated_at: float = 0.0
 
 
@@ -253,7 +254,7 @@ class FleetLauncher(Launcher):
 
     def _read_heartbeat(self, worker_id: str) -> Heartbeat:
         try:
-            record = self.storage.get_json(protocol.worker_key(worker_id))
+            record = self.storage.get_json(layout.worker_key(worker_id))
         except FileNotFoundError:
             return Heartbeat()
         except (DlaasError, ValueError) as exc:
@@ -270,7 +271,7 @@ class FleetLauncher(Launcher):
 
     def _request_drain(self, worker_id: str, at: float) -> None:
         try:
-            self.storage.put_json(protocol.drain_key(worker_id), {"requested_at": at})
+            self.storage.put_json(layout.drain_key(worker_id), {"requested_at": at})
         except DlaasError as exc:
             raise ScalingError(
                 f"cannot ask worker {worker_id} to drain: writing its drain key failed: {exc}"
@@ -280,7 +281,7 @@ class FleetLauncher(Launcher):
         """Delete the records of workers whose instances are gone, once seen gone."""
         for worker_id in self._known - present:
             self._heartbeats.pop(worker_id, None)
-            for key in (protocol.worker_key(worker_id), protocol.drain_key(worker_id)):
+            for key in (layout.worker_key(worker_id), layout.drain_key(worker_id)):
                 try:
                     self.storage.delete(key)
                 except DlaasError as exc:

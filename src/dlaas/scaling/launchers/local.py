@@ -33,8 +33,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlaas import protocol
 from dlaas.errors import DlaasError, ScalingError
+from dlaas.jobs import layout
+from dlaas.jobs.records import WorkerHealth
 from dlaas.scaling.launchers.base import Launcher, WorkerInfo, WorkerState, reported_health
 from dlaas.scaling.launchers.forkserver import Forked, ForkServer
 from dlaas.storage.base import Storage
@@ -42,18 +43,18 @@ from dlaas.storage.base import Storage
 log = logging.getLogger("dlaas.scaling")
 
 WORKER_ID_ENV = "DLAAS_WORKER_ID"
-WorkerProbe = Callable[[str], protocol.WorkerHealth | None]
+WorkerProbe = Callable[[str], WorkerHealth | None]
 """``probe(worker_id)`` -> the state the worker last reported, or None."""
 
-READY_STATES: frozenset[protocol.WorkerHealth] = frozenset({"idle", "busy"})
+READY_STATES: frozenset[WorkerHealth] = frozenset({"idle", "busy"})
 
 
 def health_probe(storage: Storage) -> WorkerProbe:
-    """A probe that reads ``state`` from the worker's record at ``protocol.worker_key``."""
+    """A probe that reads ``state`` from the worker's record at ``layout.worker_key``."""
 
-    def probe(worker_id: str) -> protocol.WorkerHealth | None:
+    def probe(worker_id: str) -> WorkerHealth | None:
         try:
-            record = storage.get_json(protocol.worker_key(worker_id))
+            record = storage.get_json(layout.worker_key(worker_id))
         except (DlaasError, ValueError):
             return None  # not written yet (still loading the model) or unreadable
         return reported_health(record)

@@ -10,14 +10,12 @@ a laptop install always was. No key, hash or Authorization header is ever logged
 from __future__ import annotations
 
 import math
-from typing import Any
 
-from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dlaas.keys import ANONYMOUS, KeyRing
-from dlaas.web.tenancy import RateLimiter
+from dlaas.web.security.tenancy import RateLimiter
 
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json", "/v1/whoami"})
 PUBLIC_PREFIXES = ("/static/", "/docs/", "/v2/health/")
@@ -127,21 +125,3 @@ async def _refuse(
         return
     response = JSONResponse({"error": error, "detail": detail}, status, headers=headers)
     await response(scope, receive, send)
-
-
-router = APIRouter(tags=["auth"])
-
-
-@router.get("/v1/whoami")
-async def whoami(request: Request) -> dict[str, Any]:
-    """Whether this service needs a key, and whose the presented key is (null: none valid).
-
-    Always 200, so a page can find out whether to ask for a key without an error.
-    """
-    keys_on = request.app.state.settings.api_keys_file is not None
-    role = getattr(request.state, "role", None)
-    return {
-        "auth_required": keys_on,
-        "owner": request.state.owner if role is not None else None,
-        "role": role,
-    }

@@ -13,8 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from dlaas import protocol
 from dlaas.errors import WebError
+from dlaas.jobs.messages import Progress, Reply
 
 # An image with no final reply after this long (dead-lettered, or cancelled) stops
 # counting against its owner's backlog.
@@ -119,8 +119,8 @@ class OwnerBacklog:
                 if found is not None:
                     self._drop(found[0])
 
-    def observe_reply(self, reply: protocol.Reply) -> None:
-        if reply.status != "classifying":
+    def observe_reply(self, reply: Reply) -> None:
+        if not isinstance(reply, Progress):
             self.release((reply.image_id,))
 
     def _expire(self) -> None:

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from swagger_ui_bundle import swagger_ui_path
 
 from dlaas.errors import WebError
-from dlaas.web.auth import is_public
+from dlaas.web.security.auth import is_public
 
 ASSETS = {
     "swagger-ui.css": "text/css",

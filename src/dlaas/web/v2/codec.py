@@ -22,8 +22,8 @@ import numpy as np
 import orjson
 import pybase64
 
-from dlaas import protocol
 from dlaas.errors import WebError
+from dlaas.jobs.records import ResultRecord
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _LENGTH = struct.Struct("<I")
@@ -210,7 +210,7 @@ def _outputs(requested: Any, binary_default: bool, contract: Contract) -> list[O
 
 
 def top_k_strings(
-    result: protocol.ResultRecord, k: int, labels: Sequence[str], scores: np.ndarray | None
+    result: ResultRecord, k: int, labels: Sequence[str], scores: np.ndarray | None
 ) -> list[str]:
     """The classification extension's ``"score:index:label"``, best first, as Triton writes."""
     if scores is not None:

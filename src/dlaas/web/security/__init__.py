@@ -1,4 +1,5 @@
-"""Wiring the security parts into the app: keys, roles, rate limit, CORS, headers, docs."""
+"""Who may call what: API keys and roles (``auth``), per-owner limits (``tenancy``),
+strict browser headers (``headers``), and ``install``, which wires them into the app."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from starlette.middleware.cors import CORSMiddleware
 from dlaas.errors import ConfigError
 from dlaas.keys import KeyRing
 from dlaas.settings import Settings
-from dlaas.web import auth, docs
-from dlaas.web.auth import AuthMiddleware
-from dlaas.web.headers import SecurityHeadersMiddleware
-from dlaas.web.tenancy import RateLimiter
+from dlaas.web.security.auth import AuthMiddleware
+from dlaas.web.security.headers import SecurityHeadersMiddleware
+from dlaas.web.security.tenancy import RateLimiter
 
 log = logging.getLogger("dlaas.web")
 
@@ -33,18 +33,18 @@ def open_keyring(settings: Settings) -> KeyRing | None:
     return KeyRing(settings.api_keys_file, on_reload=reloaded, on_error=failed)
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Add the auth and docs routes and the middleware: headers outermost, then CORS, then
-    auth, so that refusals carry the headers too and CORS preflights need no key."""
-    keys = open_keyring(settings)
-    limiter = (
-        RateLimiter(settings.rate_limit_per_owner, settings.rate_limit_burst)
-        if settings.rate_limit_per_owner is not None
-        else None
-    )
-    app.include_router(auth.router)
-    app.include_router(docs.router)
-    docs.install_openapi(app, keys_on=keys is not None)
+def rate_limiter(settings: Settings) -> RateLimiter | None:
+    """The per-owner request rate of ``--rate-limit-per-owner``; None without one."""
+    if settings.rate_limit_per_owner is None:
+        return None
+    return RateLimiter(settings.rate_limit_per_owner, settings.rate_limit_burst)
+
+
+def install(
+    app: FastAPI, settings: Settings, keys: KeyRing | None, limiter: RateLimiter | None
+) -> None:
+    """Add the middleware: headers outermost, then CORS, then auth, so that refusals
+    carry the headers too and CORS preflights need no key."""
     app.add_middleware(AuthMiddleware, keys=keys, limiter=limiter)
     if settings.cors_origin_list:
         app.add_middleware(

@@ -11,8 +11,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.concurrency import run_in_threadpool
 
 from dlaas.errors import DlaasError
-from dlaas.web.context import WebContext, context
-from dlaas.web.sse import EVENT_STREAM_DOC, EventStreamResponse, event_stream, sse
+from dlaas.jobs import layout
+from dlaas.web.context import Context, WebContext
+from dlaas.web.routes.sse import EVENT_STREAM_DOC, EventStreamResponse, event_stream, sse
 
 router = APIRouter(tags=["ops"])
 
@@ -21,7 +22,7 @@ async def current_stats(ctx: WebContext) -> dict[str, Any]:
     """The controller's stats; without one (an external fleet), the queue's own numbers."""
     if ctx.stats_provider is not None:
         return await run_in_threadpool(ctx.stats_provider)
-    qs = await run_in_threadpool(ctx.queue.stats)
+    qs = await run_in_threadpool(ctx.jobs.queue.stats)
     return {
         "mode": "external",
         "queue": {
@@ -36,17 +37,16 @@ async def current_stats(ctx: WebContext) -> dict[str, Any]:
 
 
 @router.get("/v1/stats")
-async def stats(request: Request) -> dict[str, Any]:
+async def stats(ctx: Context) -> dict[str, Any]:
     """Queue depth, workers desired/running/starting, and recent history."""
-    return await current_stats(context(request))
+    return await current_stats(ctx)
 
 
 @router.get("/v1/stats/events", response_class=EventStreamResponse, responses=EVENT_STREAM_DOC)
 async def stats_events(
-    request: Request, interval_s: float = Query(1.0, ge=0.2, le=60)
+    request: Request, ctx: Context, interval_s: float = Query(1.0, ge=0.2, le=60)
 ) -> StreamingResponse:
     """Server-Sent Events: a ``stats`` event (as ``GET /v1/stats``) every ``interval_s``."""
-    ctx = context(request)
 
     async def stream() -> AsyncIterator[str]:
         while not await request.is_disconnected():
@@ -57,9 +57,8 @@ async def stats_events(
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def prometheus_metrics(request: Request) -> Response:
+async def prometheus_metrics(ctx: Context) -> Response:
     """Prometheus exposition: queue, workers, images, latency histograms."""
-    ctx = context(request)
     body, content_type = ctx.metrics.render(await current_stats(ctx))
     return Response(body, media_type=content_type)
 
@@ -70,27 +69,37 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    """Storage and queue answer, replies are being read, and workers can start."""
-    ctx = context(request)
+async def readiness(ctx: WebContext) -> tuple[bool, dict[str, str]]:
+    """Storage and queue answer, replies are being read, and workers can start: whether
+    all hold, and each check's answer. ``/readyz`` and ``/v2``'s probes both ask this."""
     checks: dict[str, str] = {}
     try:
-        await run_in_threadpool(ctx.storage.exists, "jobs/readyz-probe")
+        await run_in_threadpool(ctx.jobs.storage.exists, layout.READINESS_PROBE)
         checks["storage"] = "ok"
     except DlaasError as exc:
         checks["storage"] = str(exc)
     try:
-        await run_in_threadpool(ctx.queue.stats)
+        await run_in_threadpool(ctx.jobs.queue.stats)
         checks["queue"] = "ok"
     except DlaasError as exc:
         checks["queue"] = str(exc)
     checks["replies"] = "ok" if ctx.hub.alive else "reply reader is not running"
     if ctx.workers_readiness is not None:
         checks["workers"] = ctx.workers_readiness()
-    ok = all(v == "ok" for v in checks.values())
+    return all(v == "ok" for v in checks.values()), checks
+
+
+def shown_checks(request: Request, checks: dict[str, str]) -> dict[str, str] | None:
+    """The checks' errors can name buckets and hosts: with keys on, only admins see them."""
+    return checks if getattr(request.state, "role", "admin") == "admin" else None
+
+
+@router.get("/readyz")
+async def readyz(request: Request, ctx: Context) -> JSONResponse:
+    """Storage and queue answer, replies are being read, and workers can start."""
+    ok, checks = await readiness(ctx)
     body: dict[str, Any] = {"status": "ok" if ok else "unavailable"}
-    # The checks' errors can name buckets and hosts: with keys on, only admins see them.
-    if getattr(request.state, "role", "admin") == "admin":
-        body["checks"] = checks
+    shown = shown_checks(request, checks)
+    if shown is not None:
+        body["checks"] = shown
     return JSONResponse(body, status_code=200 if ok else 503)

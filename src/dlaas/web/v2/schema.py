@@ -135,6 +135,5 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (415, "an input is not an image this service reads"),
         (422, "an image is corrupt, truncated, too large in pixels, or undecodable"),
         (429, "too many images waiting; retry"),
-        (504, "no result in time; poll GET /v1/jobs/{job_id}"),
     )
 }

@@ -1,18 +1,17 @@
 """The Open Inference Protocol (KServe v2 REST) beside dlaas's own API.
 
 Clients written for Triton, KServe, MLServer or OpenVINO Model Server reach the same
-path as ``/v1/classify``: the same checks, storage, queue, worker batching and
-autoscaling. One request of N images is N queue messages of one job, answered together
-(``sync_many``). Refusals use the protocol's ``{"error": "..."}`` (``error_response``;
-``create_app``'s handlers call it for every ``/v2`` path).
+path as ``/v1/classify``: the same upload gate, checks, storage, queue, worker batching
+and autoscaling. One request of N images is N queue messages of one job, answered
+together (``dlaas.web.sync``). Refusals use the protocol's ``{"error": "..."}``
+(``error_response``; ``create_app``'s handlers call it for every ``/v2`` path).
 
 ``health_router`` holds the probes, which stay open; ``build_router`` the rest.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,16 +19,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from dlaas import __version__, protocol
+from dlaas import __version__
 from dlaas.errors import WebError
-from dlaas.settings import Settings
-from dlaas.web import v2_schema as schema
-from dlaas.web.context import context
-from dlaas.web.multipart import read_body
-from dlaas.web.ops import readyz
-from dlaas.web.sync_many import classify_many
-from dlaas.web.uploads import check_length
-from dlaas.web.v2_codec import (
+from dlaas.jobs.records import SCORES_DTYPE, ResultRecord, unpack_scores
+from dlaas.web import sync
+from dlaas.web.context import Context, WebContext, owner
+from dlaas.web.routes.classify import STILL_QUEUED_DOC, still_queued
+from dlaas.web.routes.ops import readiness, shown_checks
+from dlaas.web.uploads.multipart import read_body
+from dlaas.web.v2 import schema
+from dlaas.web.v2.codec import (
     HEADER_LENGTH,
     Contract,
     InferRequest,
@@ -37,6 +36,7 @@ from dlaas.web.v2_codec import (
     parse_request,
     top_k_strings,
 )
+from dlaas.web.v2.model import ServedModel
 
 MAX_IMAGES = 256  # per infer request; docs/api.md
 MAX_BODY_BYTES = 256 * 1024 * 1024  # per infer request, unless one image needs more
@@ -45,22 +45,6 @@ PARSE_INLINE_BYTES = 256 * 1024  # more JSON than this is parsed off the event l
 VERSION = "1"
 INPUT, OUTPUT = "image", "probabilities"
 EXTENSIONS = ["binary_tensor_data", "classification"]
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """The model's name and labels as the web tier knows them (from the same settings)."""
-
-    name: str
-    labels: tuple[str, ...]
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ServedModel:
-        from dlaas.model.labels import imagenet_labels, read_labels
-
-        if settings.model_path is not None and settings.labels is not None:
-            return cls(settings.model_path.stem, read_labels(settings.labels))
-        return cls(settings.builtin_model or "efficientnet-lite0", imagenet_labels())
 
 
 def is_v2(request: Request) -> bool:
@@ -87,27 +71,27 @@ async def live() -> dict[str, bool]:
 @health_router.get(
     "/v2/health/ready", response_model=schema.Readiness, responses={503: schema.NOT_READY}
 )
-async def ready(request: Request) -> JSONResponse:
+async def ready(request: Request, ctx: Context) -> JSONResponse:
     """Storage, queue, replies and workers are ready (as ``/readyz``); else 503."""
-    ok, checks = await _readiness(request)
+    ok, checks = await _readiness(request, ctx)
     return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
 
-async def _readiness(request: Request) -> tuple[bool, dict[str, str]]:
-    answer = await readyz(request)
-    # /readyz shows its checks to admin keys only (keys on); others get {}.
-    checks: dict[str, str] = json.loads(bytes(answer.body)).get("checks", {})
-    return answer.status_code == 200, checks
+async def _readiness(request: Request, ctx: WebContext) -> tuple[bool, dict[str, str]]:
+    ok, checks = await readiness(ctx)
+    return ok, shown_checks(request, checks) or {}  # admins only see the checks (keys on)
 
 
-def build_router(settings: Settings) -> APIRouter:
-    """The metadata and inference routes, for the model these settings serve."""
-    served = ServedModel.from_settings(settings)
-    contract = Contract(INPUT, OUTPUT, len(served.labels), MAX_IMAGES)
-    limit_bytes = max(MAX_BODY_BYTES, settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
+def build_router(ctx: WebContext) -> APIRouter:
+    """The metadata and inference routes, for the model this service serves."""
     router = APIRouter(tags=["open inference protocol"])
-    no_model: dict[int | str, dict[str, Any]] = {404: schema.ERRORS[404]}
-    not_ready: dict[int | str, dict[str, Any]] = {**no_model, 503: schema.NOT_READY}
+    _add_infer_routes(router, ctx)  # first: a request is matched against the routes in order
+    _add_metadata_routes(router, ctx)
+    return router
+
+
+def _checker(served: ServedModel) -> Callable[[str, str | None], None]:
+    """The check that a path names the served model (and its one version)."""
 
     def check_model(model: str, version: str | None = None) -> None:
         if model != served.name:
@@ -123,21 +107,26 @@ def build_router(settings: Settings) -> APIRouter:
                 f"model {model!r} has no version {version!r}; it serves version {VERSION}",
             )
 
-    # The infer routes first: a request is matched against the routes in order.
+    return check_model
+
+
+def _add_infer_routes(router: APIRouter, ctx: WebContext) -> None:
+    served, check_model = ctx.served, _checker(ctx.served)
+    contract = Contract(INPUT, OUTPUT, len(served.labels), MAX_IMAGES)
+    limit_bytes = max(MAX_BODY_BYTES, ctx.settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
+
     @router.post(
         "/v2/models/{model}/infer",
         response_model=schema.InferResponse,
-        responses=schema.ERRORS,
+        responses={**schema.ERRORS, **STILL_QUEUED_DOC},
         openapi_extra={"requestBody": schema.INFER_REQUEST_BODY},
     )
     async def infer(request: Request, model: str) -> Response:
         """Classify N images (a BYTES input, base64 in JSON or raw with the binary data
         extension); answer every class's probability, FP32 [N, classes], or with
         ``{"classification": K}`` on the output the top K, BYTES [N, K] "score:index:label"."""
-        check_model(model)
-        ctx = context(request)
-        check_length(request, limit_bytes)
-        await ctx.uploads.backlog.check()
+        check_model(model, None)
+        await ctx.uploads.admit(request, limit_bytes)
         body = await read_body(request, limit_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
         json_bytes = len(body) if header_length is None else _int_or_zero(header_length)
@@ -145,30 +134,37 @@ def build_router(settings: Settings) -> APIRouter:
             parsed = await run_in_threadpool(parse_request, body, header_length, contract)
         else:
             parsed = parse_request(body, header_length, contract)
-        owner = request.state.owner
-        if ctx.uploads.owners is not None:
-            ctx.uploads.owners.check(owner, len(parsed.images))
+        ctx.uploads.check_owner(request, len(parsed.images))
         images = [(f"{INPUT}[{n}]", data) for n, data in enumerate(parsed.images)]
-        records = await classify_many(
-            ctx.service,
+        answer = await sync.classify(
+            ctx.ingest,
             ctx.hub,
             images,
             ctx.settings.classify_timeout_s,
-            owner=owner,
+            owner=owner(request),
             probabilities=parsed.needs_scores(RESULT_TOP_K),
         )
-        return _answer(served, parsed, records)
+        if isinstance(answer, sync.StillQueued):
+            return still_queued(answer)
+        return _answer(served, parsed, answer)
 
     @router.post(
         "/v2/models/{model}/versions/{version}/infer",
         response_model=schema.InferResponse,
-        responses=schema.ERRORS,
+        responses={**schema.ERRORS, **STILL_QUEUED_DOC},
         openapi_extra={"requestBody": schema.INFER_REQUEST_BODY},
     )
     async def infer_version(request: Request, model: str, version: str) -> Response:
         """As ``POST /v2/models/{model}/infer``."""
         check_model(model, version)
         return await infer(request, model)
+
+
+def _add_metadata_routes(router: APIRouter, ctx: WebContext) -> None:
+    served, check_model = ctx.served, _checker(ctx.served)
+    classes = len(served.labels)
+    no_model: dict[int | str, dict[str, Any]] = {404: schema.ERRORS[404]}
+    not_ready: dict[int | str, dict[str, Any]] = {**no_model, 503: schema.NOT_READY}
 
     @router.get("/v2", response_model=schema.ServerMetadata)
     async def server_metadata() -> dict[str, object]:
@@ -178,13 +174,13 @@ def build_router(settings: Settings) -> APIRouter:
     @router.get("/v2/models/{model}", response_model=schema.ModelMetadata, responses=no_model)
     async def model_metadata(model: str) -> dict[str, object]:
         """Inputs and outputs: encoded images in, class probabilities out."""
-        check_model(model)
+        check_model(model, None)
         return {
             "name": served.name,
             "versions": [VERSION],
             "platform": "dlaas",
             "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, contract.classes]}],
+            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, classes]}],
         }
 
     @router.get(
@@ -202,8 +198,8 @@ def build_router(settings: Settings) -> APIRouter:
     )
     async def model_ready(request: Request, model: str) -> JSONResponse:
         """The model can classify: the service is ready (as ``/readyz``); else 503."""
-        check_model(model)
-        ok, checks = await _readiness(request)
+        check_model(model, None)
+        ok, checks = await _readiness(request, ctx)
         body = {"name": served.name, "ready": ok, "checks": checks}
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -217,12 +213,8 @@ def build_router(settings: Settings) -> APIRouter:
         check_model(model, version)
         return await model_ready(request, model)
 
-    return router
 
-
-def _answer(
-    served: ServedModel, request: InferRequest, records: list[protocol.ResultRecord]
-) -> Response:
+def _answer(served: ServedModel, request: InferRequest, records: list[ResultRecord]) -> Response:
     for n, record in enumerate(records):
         if record["status"] != "done":
             reason = record.get("error") or f"its result is {record['status']}"
@@ -256,8 +248,8 @@ def _int_or_zero(text: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def _scores(record: protocol.ResultRecord) -> np.ndarray | None:
+def _scores(record: ResultRecord) -> np.ndarray | None:
     packed = record.get("probabilities")
     if not isinstance(packed, str):
         return None
-    return np.frombuffer(protocol.unpack_scores(packed), dtype=protocol.SCORES_DTYPE)
+    return np.frombuffer(unpack_scores(packed), dtype=SCORES_DTYPE)

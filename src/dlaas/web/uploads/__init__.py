@@ -1,7 +1,8 @@
-"""Reading uploads off a request: size and type checks, the backlog gate, the files.
+"""Reading uploads off a request: one gate for every upload route, then the files.
 
 Every refusal happens before any image is stored, in a fixed order: the declared
-length (413), the backlog (429), the content type (415), then the body itself.
+length (413), the backlog (429), the caller's own backlog (429), the content type
+(415), then the body itself. ``/v1`` and ``/v2`` both pass ``UploadReader.admit``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from starlette.requests import Request
 from dlaas.errors import WebError
 from dlaas.queue.base import Queue
 from dlaas.settings import Settings
-from dlaas.web.multipart import parse_form, read_body, single_file
-from dlaas.web.tenancy import OwnerBacklog
+from dlaas.web.security.tenancy import OwnerBacklog
+from dlaas.web.uploads.multipart import parse_form, read_body, single_file
 
 ONE_FILE_SLACK_BYTES = 1024 * 1024  # multipart headers around a single image
 JOB_SLACK_BYTES = 1024 * 1024 * 1024  # ... and around the many files of a job
@@ -72,16 +73,22 @@ class UploadReader:
         self.backlog = backlog
         self.owners = owners
 
-    def _check_owner(self, request: Request, images: int) -> None:
+    async def admit(self, request: Request, limit_bytes: int, images: int = 1) -> None:
+        """The gate before any byte of the body is read: its declared length, the whole
+        queue's backlog, then the caller's own."""
+        check_length(request, limit_bytes)
+        await self.backlog.check()
+        self.check_owner(request, images)
+
+    def check_owner(self, request: Request, images: int) -> None:
+        """The caller's own backlog, once the number of images is known."""
         if self.owners is not None:
             self.owners.check(request.state.owner, images)
 
     async def one_file(self, request: Request, field: str) -> tuple[str, bytes]:
         """The single uploaded image: sliced out of a simple body, else fully parsed."""
         limit = self.max_upload_bytes + ONE_FILE_SLACK_BYTES
-        check_length(request, limit)
-        await self.backlog.check()
-        self._check_owner(request, 1)
+        await self.admit(request, limit)
         content_type = require_multipart(request, field)
         body = await read_body(request, limit)
         simple = single_file(body, content_type, field)
@@ -101,9 +108,7 @@ class UploadReader:
 
     async def many_files(self, request: Request, field: str, max_files: int) -> list[UploadFile]:
         """The files of a job, still spooled: read each with ``read``; close the request."""
-        check_length(request, self.max_upload_bytes * 64 + JOB_SLACK_BYTES)
-        await self.backlog.check()
-        self._check_owner(request, 1)
+        await self.admit(request, self.max_upload_bytes * 64 + JOB_SLACK_BYTES)
         require_multipart(request, field)
         try:
             form = await request.form(max_files=max_files, max_fields=100)
@@ -113,7 +118,7 @@ class UploadReader:
         if not files:
             raise _no_files(field)
         try:
-            self._check_owner(request, len(files))
+            self.check_owner(request, len(files))
         except WebError:
             await form.close()
             raise

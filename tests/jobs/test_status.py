@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlaas.lifecycle.status import is_finished, job_counts
+from dlaas.jobs.store import JobStatus, job_status
 
 
 @pytest.mark.parametrize(
@@ -21,17 +21,16 @@ from dlaas.lifecycle.status import is_finished, job_counts
         (1, ["classifying"], False, "running", {"queued": 1}),  # not a result status
     ],
 )
-def test_job_counts(
+def test_job_status(
     total: int, statuses: list[str], marker: bool, state: str, counts: dict[str, int]
 ) -> None:
-    got_state, got_counts = job_counts(total, statuses, cancelled=marker)
-    assert got_state == state
-    assert got_counts["total"] == total
-    assert {k: got_counts.get(k) for k in counts} == counts
+    status = job_status(total, statuses, cancelled=marker)
+    assert status.state == state
+    assert status.counts["total"] == total
+    assert {k: status.counts.get(k) for k in counts} == counts
 
 
 def test_finished_states_are_those_with_nothing_left_to_run() -> None:
-    assert [s for s in ("running", "complete", "cancelling", "cancelled") if is_finished(s)] == [
-        "complete",
-        "cancelled",
-    ]
+    states = ("running", "complete", "cancelling", "cancelled")
+    finished = [s for s in states if JobStatus(s, {}).finished]  # type: ignore[arg-type]
+    assert finished == ["complete", "cancelled"]

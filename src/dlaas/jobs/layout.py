@@ -1,0 +1,197 @@
+"""Where everything of dlaas lives in the object store, and the rules of its IDs.
+
+Every key family is spelled here and nowhere else, so "what is in the bucket?" has one
+answer (docs/architecture.md, "Storage layout"). The families, by prefix:
+
+- ``jobs/<job>.json``: the manifest (its presence is the job);
+- ``inputs/<job>/<image>``: an uploaded image, until its result is settled;
+- ``results/<job>/<image>.json``: a result record;
+- ``cancelled/<job>.json``: the cancel marker (a tombstone when purged);
+- ``webhooks/<job>.json``: the completion webhook still owed (the outbox);
+- ``owners/<owner digest>/<job>``: the per-owner index (empty objects);
+- ``idempotency/<owner digest>/<key digest>.json``: an ``Idempotency-Key`` record;
+- ``workers/<worker>.json`` and ``workers/<worker>.drain``: health and drain request;
+- ``replies/<reply queue>.json``: a web process's reply queue, refreshed while alive;
+- ``janitor/lease.json``: which process sweeps now.
+
+Job IDs start with their creation time (``new_job_id``), so listing keys is listing jobs
+in age order, and the janitor tells a job's age without reading anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+
+JOBS = "jobs/"
+INPUTS = "inputs/"
+RESULTS = "results/"
+CANCELLED = "cancelled/"
+WEBHOOKS = "webhooks/"
+OWNERS = "owners/"
+IDEMPOTENCY = "idempotency/"
+WORKERS = "workers/"
+REPLIES = "replies/"
+JANITOR_LEASE = "janitor/lease.json"
+READINESS_PROBE = "jobs/readyz-probe"  # never written: ``exists`` on it proves the store answers
+
+# The families holding a job's objects, with the position of the job ID among a key's
+# segments. Cancel markers come last: the tombstone outlives the objects it guards.
+JOB_FAMILIES: tuple[tuple[str, int], ...] = (
+    (JOBS, 1),
+    (INPUTS, 1),
+    (RESULTS, 1),
+    (WEBHOOKS, 1),
+    (OWNERS, 2),
+    (CANCELLED, 1),
+)
+
+ID_LENGTH = 32
+
+
+# IDs ------------------------------------------------------------------------------
+
+
+def new_id() -> str:
+    """A 32-hex-character random ID, safe as a storage-key segment."""
+    return uuid.uuid4().hex
+
+
+def new_job_id() -> str:
+    """A 32-hex job ID that starts with its creation time (the UUIDv7 layout).
+
+    IDs then sort by age, so ``GET /v1/jobs`` pages newest first and the janitor tells a
+    job's age from its keys alone, without reading its manifest.
+    """
+    ms = int(time.time() * 1000) & (2**48 - 1)
+    rand = uuid.uuid4().int
+    value = (ms << 80) | (0x7 << 76) | ((rand >> 64) & 0xFFF) << 64
+    value |= (0b10 << 62) | (rand & (2**62 - 1))
+    return f"{value:032x}"
+
+
+def is_job_id(value: str) -> bool:
+    """32 lowercase hex digits: what every job ID is, and all a key segment may be."""
+    return len(value) == ID_LENGTH and all(c in "0123456789abcdef" for c in value)
+
+
+def job_created_at(job_id: str) -> float | None:
+    """Creation time (epoch s) of an ID from ``new_job_id``; None for older random IDs."""
+    if len(job_id) != ID_LENGTH or job_id[12] != "7" or job_id[16] not in "89ab":
+        return None
+    try:
+        return int(job_id[:12], 16) / 1000.0
+    except ValueError:
+        return None
+
+
+def sort_key(job_id: str) -> tuple[float, str]:
+    """Newest first; IDs from before time-ordered IDs sort after every newer one."""
+    return (job_created_at(job_id) or 0.0, job_id)
+
+
+def owner_digest(owner: str) -> str:
+    """Owners may hold characters that keys may not (``@``), so keys use a digest."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
+
+
+# A job's keys ---------------------------------------------------------------------
+
+
+def manifest_key(job_id: str) -> str:
+    return f"{JOBS}{job_id}.json"
+
+
+def input_key(job_id: str, image_id: str) -> str:
+    return f"{INPUTS}{job_id}/{image_id}"
+
+
+def inputs_prefix(job_id: str) -> str:
+    return f"{INPUTS}{job_id}/"
+
+
+def result_key(job_id: str, image_id: str) -> str:
+    return f"{RESULTS}{job_id}/{image_id}.json"
+
+
+def results_prefix(job_id: str) -> str:
+    return f"{RESULTS}{job_id}/"
+
+
+def image_of_result(key: str) -> str:
+    """The image ID in a ``result_key``."""
+    return key.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+def cancel_key(job_id: str) -> str:
+    """Present = the job is cancelled; workers skip its messages."""
+    return f"{CANCELLED}{job_id}.json"
+
+
+def webhook_key(job_id: str) -> str:
+    """A completion webhook still owed for the job (the outbox record)."""
+    return f"{WEBHOOKS}{job_id}.json"
+
+
+def job_of_webhook(key: str) -> str:
+    return key.removeprefix(WEBHOOKS).removesuffix(".json")
+
+
+def owner_prefix(owner: str) -> str:
+    return f"{OWNERS}{owner_digest(owner)}/"
+
+
+def owner_index_key(owner: str, job_id: str) -> str:
+    return f"{owner_prefix(owner)}{job_id}"
+
+
+def job_of_manifest(key: str) -> str | None:
+    """The job ID of a ``manifest_key``; None for any other key under ``jobs/``."""
+    if key.endswith(".json") and key.count("/") == 1:
+        return key[len(JOBS) : -len(".json")]
+    return None
+
+
+def job_prefixes(job_id: str) -> tuple[str, ...]:
+    """Prefixes holding a job's many objects (inputs and results)."""
+    return (inputs_prefix(job_id), results_prefix(job_id))
+
+
+def iter_job_ids(keys: list[str], position: int) -> Iterator[tuple[str, str]]:
+    """``(key, job_id)`` for keys whose ``position``-th segment is a job ID."""
+    for key in keys:
+        parts = key.split("/")
+        if len(parts) > position:
+            job_id = parts[position].removesuffix(".json")
+            if len(job_id) == ID_LENGTH:
+                yield key, job_id
+
+
+# Other records --------------------------------------------------------------------
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    """Where an ``Idempotency-Key``'s record lives; the key itself may be any ASCII."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+    return f"{IDEMPOTENCY}{owner_digest(owner)}/{digest}.json"
+
+
+def worker_key(worker_id: str) -> str:
+    """The worker's health record, read by launchers and the stats endpoint."""
+    return f"{WORKERS}{worker_id}.json"
+
+
+def drain_key(worker_id: str) -> str:
+    """If this object exists, the worker finishes the batch in hand and exits."""
+    return f"{WORKERS}{worker_id}.drain"
+
+
+def is_worker_record(key: str) -> bool:
+    return key.startswith(WORKERS) and key.endswith(".json")
+
+
+def reply_queue_key(queue_name: str) -> str:
+    """A web process's reply queue, refreshed while the process lives."""
+    return f"{REPLIES}{queue_name}.json"

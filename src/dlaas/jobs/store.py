@@ -1,0 +1,317 @@
+"""``JobStore``: the one place that reads and writes a job on the object store.
+
+A job is begun, given its images one at a time (only one image is in memory), then
+committed: its manifest written and every image enqueued in one ``send_batch``. A job is
+visible to workers only once all of it is stored, so a client that is told "accepted"
+has a whole job and one that is refused has none (``abort`` removes what was stored).
+
+Reading: the manifest, the results (each read from storage once per process: a result
+record never changes once written), and one typed ``JobStatus`` from manifest, results
+and cancel marker by one rule. The catalog (the per-owner index, pages newest first),
+cancelling and purging are here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal, TypedDict
+
+from dlaas.errors import DlaasError, ObjectNotFound
+from dlaas.jobs import layout
+from dlaas.jobs.messages import Task
+from dlaas.jobs.records import (
+    CancelMarker,
+    ImageEntry,
+    JobManifest,
+    ResultRecord,
+    as_cancel_marker,
+    as_manifest,
+    as_result,
+    owner_of,
+)
+from dlaas.keys import ANONYMOUS
+from dlaas.queue.base import Queue
+from dlaas.storage.base import Storage
+
+log = logging.getLogger("dlaas.jobs")
+
+RESULT_CACHE_SIZE = 20_000  # records (about 1 kB each)
+MAX_PAGE = 100
+
+JobState = Literal["running", "complete", "cancelling", "cancelled"]
+
+
+class JobCounts(TypedDict, total=False):
+    total: int
+    queued: int
+    done: int
+    failed: int
+    cancelled: int  # only once the job is cancelled
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """Where a job stands. A cancelled job is ``cancelling`` while any image is queued or
+    in a worker's hands, and ``cancelled`` once every image is done, failed or cancelled."""
+
+    state: JobState
+    counts: JobCounts
+
+    @property
+    def finished(self) -> bool:
+        """Nothing of the job is left to run: the moment its webhook is due."""
+        return self.state in ("complete", "cancelled")
+
+
+def job_status(total: int, statuses: Iterable[str], *, cancelled: bool) -> JobStatus:
+    """The one rule. A cancelled image's result is proof of the cancel too, for readers
+    that see no cancel marker (an event stream)."""
+    tally = {"done": 0, "failed": 0, "cancelled": 0}
+    for status in statuses:
+        if status in tally:
+            tally[status] += 1
+    cancelled = cancelled or tally["cancelled"] > 0
+    finished = sum(tally.values())
+    counts: JobCounts = {
+        "total": total,
+        "queued": max(0, total - finished),
+        "done": tally["done"],
+        "failed": tally["failed"],
+    }
+    if cancelled:
+        counts["cancelled"] = tally["cancelled"]
+    complete = finished >= total
+    state: JobState
+    if cancelled:
+        state = "cancelled" if complete else "cancelling"
+    else:
+        state = "complete" if complete else "running"
+    return JobStatus(state, counts)
+
+
+@dataclass
+class PendingJob:
+    """A job being assembled, and what it stored so far (removed if it is aborted)."""
+
+    job_id: str = field(default_factory=layout.new_job_id)
+    images: list[ImageEntry] = field(default_factory=list)
+    stored_keys: list[str] = field(default_factory=list)
+    created_at: float = field(default_factory=time.time)
+    owner: str = ANONYMOUS  # the API key's owner; only they can read the job
+
+    def manifest(self) -> JobManifest:
+        return {
+            "job_id": self.job_id,
+            "created_at": self.created_at,
+            "images": self.images,
+            "owner": self.owner,
+        }
+
+
+class JobStore:
+    def __init__(self, storage: Storage, queue: Queue) -> None:
+        self.storage = storage
+        self.queue = queue
+        self._results: OrderedDict[str, ResultRecord] = OrderedDict()
+        self._results_lock = threading.Lock()
+
+    # Writing a job ------------------------------------------------------------
+
+    def add(self, job: PendingJob, entry: ImageEntry, data: bytes) -> None:
+        """Store one checked image of ``job``."""
+        key = layout.input_key(job.job_id, entry["image_id"])
+        self.storage.put(key, data)
+        job.stored_keys.append(key)
+        job.images.append(entry)
+
+    def put_record(self, job: PendingJob, key: str, record: object) -> None:
+        """Store a record that belongs to ``job`` (its outbox, its idempotency record),
+        so that an abort removes it too."""
+        self.storage.put_json(key, record)
+        job.stored_keys.append(key)
+
+    def remember_owner(self, job: PendingJob) -> None:
+        """Index the job under its owner; without API keys the list is every job."""
+        if job.owner != ANONYMOUS:
+            key = layout.owner_index_key(job.owner, job.job_id)
+            self.storage.put(key, b"")
+            job.stored_keys.append(key)
+
+    def write_manifest(self, job: PendingJob) -> JobManifest:
+        """Make the job visible at ``GET /v1/jobs/<id>``; return the manifest."""
+        record = job.manifest()
+        self.put_record(job, layout.manifest_key(job.job_id), record)
+        return record
+
+    def enqueue(
+        self, job_id: str, image_ids: Iterable[str], reply_to: str | None, **options: bool
+    ) -> int:
+        """One task per image in one ``send_batch``; ``options`` are ``Task``'s flags."""
+        now = time.time()
+        tasks = [
+            Task.of(job_id, image_id, reply_to=reply_to, enqueued_at=now, **options).to_json()
+            for image_id in image_ids
+        ]
+        if tasks:
+            self.queue.send_batch(tasks)
+        return len(tasks)
+
+    def abort(self, job: PendingJob) -> None:
+        """Remove what a failed upload stored; best effort, the job was never enqueued."""
+        for key in job.stored_keys:
+            try:
+                self.storage.delete(key)
+            except DlaasError:
+                log.warning("abort_cleanup_failed", extra={"job_id": job.job_id, "key": key})
+
+    # Reading a job ------------------------------------------------------------
+
+    def manifest(self, job_id: str, owner: str | None = None) -> JobManifest | None:
+        """The manifest; None when there is none or (with ``owner``) it is another's."""
+        if not layout.is_job_id(job_id):
+            return None
+        try:
+            manifest = as_manifest(self.storage.get_json(layout.manifest_key(job_id)))
+        except ObjectNotFound:
+            return None
+        if owner is not None and owner != ANONYMOUS and owner_of(manifest) != owner:
+            return None
+        return manifest
+
+    def results(self, job_id: str, skip: Iterable[str] = ()) -> list[ResultRecord]:
+        """Stored results of a job, except those whose image IDs are in ``skip``."""
+        seen = set(skip)
+        out = []
+        for key in self.storage.list(layout.results_prefix(job_id)):
+            if layout.image_of_result(key) in seen:
+                continue
+            try:
+                out.append(self._read_result(key))
+            except ObjectNotFound:
+                continue
+        return out
+
+    def result(self, job_id: str, image_id: str) -> ResultRecord:
+        return self._read_result(layout.result_key(job_id, image_id))
+
+    def result_ids(self, job_id: str) -> set[str]:
+        """The images of a job that have a result, read from the key listing alone."""
+        return {layout.image_of_result(k) for k in self.storage.list(layout.results_prefix(job_id))}
+
+    def _read_result(self, key: str) -> ResultRecord:
+        """A copy of the stored record, from the cache when this process read it before."""
+        with self._results_lock:
+            cached = self._results.get(key)
+            if cached is not None:
+                self._results.move_to_end(key)
+                return cached.copy()
+        record = as_result(self.storage.get_json(key))
+        with self._results_lock:
+            self._results[key] = record
+            if len(self._results) > RESULT_CACHE_SIZE:
+                self._results.popitem(last=False)
+        return record.copy()
+
+    def put_result(self, record: ResultRecord) -> None:
+        self.storage.put_json(layout.result_key(record["job_id"], record["image_id"]), record)
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return self.storage.exists(layout.cancel_key(job_id))
+
+    def cancel_marker(self, job_id: str) -> CancelMarker | None:
+        try:
+            return as_cancel_marker(self.storage.get_json(layout.cancel_key(job_id)))
+        except ObjectNotFound:
+            return None
+
+    def status(self, manifest: JobManifest, results: list[ResultRecord] | None = None) -> JobStatus:
+        """The job's status from its results (read here unless given) and cancel marker."""
+        job_id = manifest["job_id"]
+        results = self.results(job_id) if results is None else results
+        return job_status(
+            len(manifest["images"]),
+            (r["status"] for r in results),
+            cancelled=self.is_cancelled(job_id),
+        )
+
+    def settled_status(self, job_id: str) -> tuple[JobManifest, JobStatus] | None:
+        """As ``status``, but no result is read until every image has one (cheap for a
+        job still running); None when the job is gone."""
+        manifest = self.manifest(job_id)
+        if manifest is None:
+            return None
+        total = len(manifest["images"])
+        if len(self.storage.list(layout.results_prefix(job_id))) < total:
+            return manifest, job_status(total, (), cancelled=self.is_cancelled(job_id))
+        return manifest, self.status(manifest)
+
+    # The catalog --------------------------------------------------------------
+
+    def job_ids(self, owner: str) -> list[str]:
+        """The owner's job IDs, newest first (every job's when the owner is anonymous)."""
+        if owner == ANONYMOUS:
+            found = (layout.job_of_manifest(k) for k in self.storage.list(layout.JOBS))
+            ids = [i for i in found if i is not None]
+        else:
+            ids = [k.rsplit("/", 1)[1] for k in self.storage.list(layout.owner_prefix(owner))]
+        return sorted(ids, key=layout.sort_key, reverse=True)
+
+    def page(
+        self, owner: str, *, limit: int, cursor: str | None
+    ) -> tuple[list[JobManifest], str | None]:
+        """Up to ``limit`` manifests after ``cursor`` (a job ID), and the next cursor.
+
+        A job purged or expired between the listing and the read is left out, not an error.
+        """
+        ids = self.job_ids(owner)
+        if cursor is not None:
+            after = layout.sort_key(cursor)
+            ids = [i for i in ids if layout.sort_key(i) < after]
+        manifests: list[JobManifest] = []
+        for position, job_id in enumerate(ids):
+            manifest = self.manifest(job_id, owner)
+            if manifest is None:
+                continue
+            manifests.append(manifest)
+            if len(manifests) == limit:
+                more = position < len(ids) - 1
+                return manifests, (job_id if more else None)
+        return manifests, None
+
+    def cancel(self, job_id: str, *, purge: bool = False, owner: str = ANONYMOUS) -> None:
+        """Mark the job cancelled: workers drop its messages from now on.
+
+        With ``purge`` the marker says so (workers then write nothing for it) and every
+        object of the job goes; the marker stays until retention, as a tombstone that
+        keeps late workers from writing results for a job that no longer exists.
+        """
+        marker: CancelMarker = {"cancelled_at": time.time(), "purged": purge}
+        self.storage.put_json(layout.cancel_key(job_id), marker)
+        log.info("job_cancelled", extra={"job_id": job_id, "purge": purge})
+        if purge:
+            self.remove(job_id, keep_marker=True, owner=owner)
+
+    def remove(self, job_id: str, *, keep_marker: bool = False, owner: str = ANONYMOUS) -> int:
+        """Delete every object of the job, manifest first (so GET answers 404 at once)."""
+        keys = [layout.manifest_key(job_id), layout.webhook_key(job_id)]
+        if owner != ANONYMOUS:
+            keys.append(layout.owner_index_key(owner, job_id))
+        for prefix in layout.job_prefixes(job_id):
+            keys.extend(self.storage.list(prefix))
+        if not keep_marker:
+            keys.append(layout.cancel_key(job_id))
+        removed = 0
+        for key in keys:
+            try:
+                self.storage.delete(key)
+                removed += 1
+            except DlaasError as exc:
+                log.warning(
+                    "remove_failed", extra={"job_id": job_id, "key": key, "error": str(exc)}
+                )
+        return removed

@@ -1,0 +1,97 @@
+"""Routes of synchronous classification: one image in, its labels in the response.
+
+When the call's ``timeout_s`` runs out the image is still queued: the answer is ``202``
+with the job to poll (``Location``), not an error (docs/api.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from dlaas.errors import WebError
+from dlaas.jobs.records import short_label
+from dlaas.web import sync
+from dlaas.web.context import Context, owner
+from dlaas.web.uploads import multipart_doc
+
+STILL_QUEUED_DOC: dict[int | str, dict[str, object]] = {
+    202: {
+        "description": "no result within `timeout_s`: the image is queued as the job named "
+        "in `Location` and the body; poll it with GET /v1/jobs/{job_id}",
+        "headers": {"Location": {"schema": {"type": "string"}, "description": "the job"}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["job_id", "status", "location", "detail"],
+                    "properties": {
+                        "job_id": {"type": "string"},
+                        "status": {"type": "string", "enum": ["queued"]},
+                        "location": {"type": "string"},
+                        "detail": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def still_queued(queued: sync.StillQueued) -> JSONResponse:
+    """202 naming the job to poll, in the body and in ``Location``."""
+    location = f"/v1/jobs/{queued.job_id}"
+    body = {"job_id": queued.job_id, "status": "queued", "location": location}
+    body["detail"] = queued.detail
+    return JSONResponse(body, status_code=202, headers={"Location": location})
+
+
+def build_router(default_timeout_s: float) -> APIRouter:
+    """The routes; built per app because ``timeout_s``'s default is a setting the schema shows."""
+    router = APIRouter(tags=["classify"])
+
+    @router.post(
+        "/v1/classify",
+        response_class=JSONResponse,
+        openapi_extra=multipart_doc("file"),
+        responses=STILL_QUEUED_DOC,
+    )
+    async def classify(
+        request: Request, ctx: Context, timeout_s: float = Query(default_timeout_s, gt=0, le=3600)
+    ) -> JSONResponse:
+        """Classify one image (multipart field ``file``) and wait for its top-5."""
+        started_at = time.time()
+        image = await ctx.uploads.one_file(request, "file")
+        answer = await sync.classify(
+            ctx.ingest, ctx.hub, [image], timeout_s, owner=owner(request), started_at=started_at
+        )
+        if isinstance(answer, sync.StillQueued):
+            return still_queued(answer)
+        return JSONResponse(answer[0])
+
+    @router.post(
+        "/",
+        response_class=PlainTextResponse,
+        openapi_extra=multipart_doc("myfile"),
+        responses=STILL_QUEUED_DOC,
+    )
+    async def classify_compat(request: Request, ctx: Context) -> Response:
+        """Workload-generator compatibility: field ``myfile`` in, top-1 short label out."""
+        started_at = time.time()
+        image = await ctx.uploads.one_file(request, "myfile")
+        timeout_s = ctx.settings.classify_timeout_s
+        answer = await sync.classify(
+            ctx.ingest, ctx.hub, [image], timeout_s, owner=owner(request), started_at=started_at
+        )
+        if isinstance(answer, sync.StillQueued):
+            return still_queued(answer)
+        (result,) = answer
+        if result["status"] != "done":
+            raise WebError(
+                422, "undecodable_image", result.get("error") or "the image could not be read"
+            )
+        return PlainTextResponse(short_label(result["predictions"][0]["label"]))
+
+    return router

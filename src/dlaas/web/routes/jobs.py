@@ -1,0 +1,269 @@
+"""Every ``/v1/jobs`` route: upload many images as a job, list, read, stream, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from dlaas.errors import WebError
+from dlaas.jobs import layout
+from dlaas.jobs.messages import Finished, Progress
+from dlaas.jobs.records import (
+    AcceptedBody,
+    AcceptedImage,
+    JobManifest,
+    Rejection,
+    ResultRecord,
+    owner_of,
+)
+from dlaas.jobs.store import MAX_PAGE, JobStatus, JobStore, job_status
+from dlaas.web.context import Context, owner
+from dlaas.web.routes.sse import EVENT_STREAM_DOC, EventStreamResponse, event_stream, sse
+from dlaas.web.routes.submission import Replay, Submission
+from dlaas.web.uploads import multipart_doc
+
+STREAM_POLL_S = 2.0  # fallback storage check for results delivered to another web process
+
+router = APIRouter(tags=["jobs"])
+
+
+def manifest_or_404(jobs: JobStore, job_id: str, caller: str) -> JobManifest:
+    """The caller's job; another owner's job is "not found" too."""
+    if not layout.is_job_id(job_id):
+        raise WebError(404, "job_not_found", f"{job_id!r} is not a job ID; IDs are 32 hex digits")
+    manifest = jobs.manifest(job_id, caller)
+    if manifest is None:
+        raise WebError(404, "job_not_found", f"no job {job_id!r}; check the job_id")
+    return manifest
+
+
+@router.get("/v1/jobs")
+async def list_jobs(
+    request: Request,
+    ctx: Context,
+    limit: int = Query(20, ge=1, le=MAX_PAGE, description="most jobs in this page"),
+    cursor: str | None = Query(
+        None, description="`next_cursor` of the previous page; leave out for the newest jobs"
+    ),
+) -> dict[str, Any]:
+    """The caller's jobs, newest first: ID, created time, status and counts."""
+    if cursor is not None and not layout.is_job_id(cursor):
+        raise WebError(400, "bad_cursor", "cursor must be a next_cursor this API returned")
+    caller = owner(request)
+
+    def page() -> dict[str, Any]:
+        manifests, next_cursor = ctx.jobs.page(caller, limit=limit, cursor=cursor)
+        rows = []
+        for manifest in manifests:
+            status = ctx.jobs.status(manifest)
+            rows.append(
+                {
+                    "job_id": manifest["job_id"],
+                    "created_at": manifest["created_at"],
+                    "status": status.state,
+                    "counts": status.counts,
+                }
+            )
+        return {"jobs": rows, "next_cursor": next_cursor}
+
+    return await run_in_threadpool(page)
+
+
+@router.post("/v1/jobs", status_code=202, openapi_extra=multipart_doc("files", many=True))
+async def create_job(
+    request: Request,
+    ctx: Context,
+    partial: bool = Query(
+        False,
+        description="accept the valid files and list the refused ones in `rejected`, "
+        "instead of refusing the whole job",
+    ),
+    callback_url: str | None = Query(
+        None, description="POST a signed summary here once the job is finished (docs/api.md)"
+    ),
+    idempotency_key: str | None = Header(
+        None,
+        alias="Idempotency-Key",
+        description="a retry with this key and the same files within 24 h gets the first 202",
+    ),
+) -> JSONResponse:
+    """Upload one or many images (multipart field ``files``) as one job."""
+    ingest = ctx.ingest
+    submit = await Submission.start(ctx, request, callback_url, idempotency_key)
+    uploads = await ctx.uploads.many_files(
+        request, "files", max_files=ctx.settings.max_files_per_job
+    )
+    rejected: list[Rejection] = []
+    try:
+        async with ingest.assembling(owner(request)) as job:
+            for index, upload in enumerate(uploads):
+                filename = upload.filename or "upload"
+                try:
+                    data = await ctx.uploads.read(upload)
+                    submit.saw(filename, data)
+                    await run_in_threadpool(ingest.add, job, filename, data)
+                except WebError as exc:
+                    if not partial:
+                        raise
+                    submit.saw(filename, None)
+                    rejected.append(_rejection(index, filename, exc))
+            if partial and not job.images:
+                raise WebError(
+                    422, "no_valid_files", "every file was refused", extra={"rejected": rejected}
+                )
+            images: list[AcceptedImage] = [
+                {"image_id": i["image_id"], "filename": i["filename"]} for i in job.images
+            ]
+            body: AcceptedBody = {"job_id": job.job_id, "images": images}
+            if partial:
+                body["rejected"] = rejected
+            await run_in_threadpool(submit.before_commit, job, body)
+            await run_in_threadpool(ingest.commit, job, ctx.hub.name, progress=True)
+            await run_in_threadpool(submit.after_commit)
+    except Replay as replay:  # a retry of an earlier request: its job, nothing enqueued
+        return JSONResponse(replay.body, status_code=202)
+    finally:
+        await request.close()  # removes the spooled upload files
+    return JSONResponse(body, status_code=202)
+
+
+def _rejection(index: int, filename: str, exc: WebError) -> Rejection:
+    return {
+        "index": index,
+        "filename": filename,
+        "status": exc.status_code,
+        "error": exc.error,
+        "detail": exc.detail,
+    }
+
+
+@router.get("/v1/jobs/{job_id}")
+async def get_job(job_id: str, request: Request, ctx: Context) -> dict[str, Any]:
+    """Status counts and every result so far; works from any web process."""
+
+    def read() -> dict[str, Any]:
+        manifest = manifest_or_404(ctx.jobs, job_id, owner(request))
+        results = ctx.jobs.results(job_id)
+        return job_body(manifest, results, ctx.jobs.status(manifest, results))
+
+    return await run_in_threadpool(read)
+
+
+def job_body(
+    manifest: JobManifest, results: list[ResultRecord], status: JobStatus
+) -> dict[str, Any]:
+    """``GET /v1/jobs/<id>``'s answer; each result named after its file."""
+    names = {image["image_id"]: image["filename"] for image in manifest["images"]}
+    for r in results:
+        r["filename"] = names.get(r["image_id"], "")
+    finished = [r["completed_at"] for r in results if r.get("completed_at")]
+    end = max(finished) if status.finished and finished else time.time()
+    return {
+        "job_id": manifest["job_id"],
+        "created_at": manifest["created_at"],
+        "status": status.state,
+        "counts": status.counts,
+        "elapsed_s": round(end - manifest["created_at"], 3),
+        "images": manifest["images"],
+        "results": results,
+    }
+
+
+@router.get(
+    "/v1/jobs/{job_id}/events", response_class=EventStreamResponse, responses=EVENT_STREAM_DOC
+)
+async def job_events(job_id: str, request: Request, ctx: Context) -> StreamingResponse:
+    """Server-Sent Events: ``job``; ``classifying``, ``result`` per image; ``end``."""
+    jobs, hub = ctx.jobs, ctx.hub
+    manifest = await run_in_threadpool(manifest_or_404, jobs, job_id, owner(request))
+    inbox = hub.subscribe(job_id)
+
+    async def stream() -> AsyncIterator[str]:
+        total = len(manifest["images"])
+        seen: dict[str, str] = {}  # image ID -> its result's status
+        names = {i["image_id"]: i["filename"] for i in manifest["images"]}
+
+        def emit(result: ResultRecord) -> str:
+            seen[result["image_id"]] = result["status"]
+            result["filename"] = names.get(result["image_id"], "")
+            return sse("result", result)
+
+        try:
+            yield sse("job", {"job_id": job_id, "total": total, "images": manifest["images"]})
+            for result in await run_in_threadpool(jobs.results, job_id):
+                yield emit(result)
+            while len(seen) < total:
+                if await request.is_disconnected():
+                    return
+                try:
+                    reply = await asyncio.wait_for(inbox.get(), STREAM_POLL_S)
+                except TimeoutError:
+                    for result in await run_in_threadpool(jobs.results, job_id, seen):
+                        yield emit(result)
+                    yield ": keep-alive\n\n"
+                    continue
+                if reply.image_id in seen:
+                    continue
+                if isinstance(reply, Progress):
+                    yield sse("classifying", {"image_id": reply.image_id})
+                elif isinstance(reply, Finished):  # the record itself: no storage read
+                    yield emit(reply.result.copy())
+                else:
+                    yield emit(await run_in_threadpool(jobs.result, job_id, reply.image_id))
+            status = job_status(total, seen.values(), cancelled=False)
+            yield sse("end", {"job_id": job_id, "status": status.state, **status.counts})
+        finally:
+            hub.unsubscribe(job_id, inbox)
+
+    return event_stream(stream())
+
+
+@router.delete(
+    "/v1/jobs/{job_id}",
+    status_code=202,
+    responses={
+        200: {"description": "purged: every object of the job is gone"},
+        404: {"description": "no such job (or another owner's)"},
+        409: {"description": "the job is complete: nothing to cancel"},
+    },
+)
+async def cancel_job(
+    job_id: str,
+    request: Request,
+    ctx: Context,
+    purge: bool = Query(False, description="also delete the job's inputs, results and manifest"),
+) -> JSONResponse:
+    """Cancel a job: images not yet classified never are; results so far stay readable."""
+    jobs = ctx.jobs
+    caller = owner(request)
+
+    def act() -> JSONResponse:
+        manifest = jobs.manifest(job_id, caller)
+        if manifest is None:
+            raise WebError(404, "job_not_found", f"no job {job_id!r}; check the job_id")
+        if purge:
+            jobs.cancel(job_id, purge=True, owner=owner_of(manifest))
+            return JSONResponse({"job_id": job_id, "status": "purged"}, status_code=200)
+        results = jobs.results(job_id)
+        status = jobs.status(manifest, results)
+        if status.state == "complete":
+            raise WebError(
+                409,
+                "job_complete",
+                f"job {job_id} is complete: nothing to cancel; DELETE with ?purge=true "
+                "removes it and its results",
+            )
+        if status.state == "running":
+            jobs.cancel(job_id)
+        status = job_status(len(manifest["images"]), (r["status"] for r in results), cancelled=True)
+        return JSONResponse(
+            {"job_id": job_id, "status": status.state, "counts": status.counts}, status_code=202
+        )
+
+    return await run_in_threadpool(act)
