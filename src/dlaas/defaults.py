@@ -31,3 +31,9 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+# Set in the local launcher's fork server, whose import of ``dlaas.worker.preload`` then
+# loads the model before any worker forks. Here, so that the launcher (scaling) and the
+# worker name it without importing each other.
+FORKSERVER_PRELOAD_ENV = "DLAAS_FORKSERVER_PRELOAD"

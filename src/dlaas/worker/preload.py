@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dlaas.defaults import FORKSERVER_PRELOAD_ENV
+
 if TYPE_CHECKING:
     from dlaas.model import Classifier
 
 log = logging.getLogger("dlaas.worker")
 
-PRELOAD_ENV = "DLAAS_FORKSERVER_PRELOAD"
+PRELOAD_ENV = FORKSERVER_PRELOAD_ENV
 
 
 class Preloaded:

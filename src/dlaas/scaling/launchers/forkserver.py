@@ -19,8 +19,8 @@ import threading
 from collections.abc import Callable, Mapping
 from multiprocessing.process import BaseProcess
 
+from dlaas.defaults import FORKSERVER_PRELOAD_ENV as PRELOAD_ENV
 from dlaas.errors import ScalingError
-from dlaas.worker.preload import PRELOAD_ENV
 
 log = logging.getLogger("dlaas.scaling")
 
