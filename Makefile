@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck bench clean venv venv-test
+# `make image`: the container image, with podman (or docker); docs/kubernetes.md.
+IMAGE      ?= localhost/dlaas:latest
+BASE_IMAGE ?= python:3.11-slim
+
+.PHONY: run test test-containers image lint typecheck bench clean venv venv-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +33,8 @@ run: $(VENV)/.installed
 	$(BIN)/dlaas serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-test
@@ -38,6 +42,14 @@ typecheck: $(VENV)/.installed-test
 
 test: $(VENV)/.installed-test lint typecheck
 	$(BIN)/python -m pytest
+
+# The image and deploy/k8s as pods (part of `make test` too); needs podman.
+test-containers: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/deploy/test_pods.py tests/queue/test_redis_keda.py
+
+# Falls back to a base made from Debian's packages when BASE_IMAGE cannot be pulled.
+image:
+	$(PYTHON) deploy/container/build.py image --tag $(IMAGE) --base-image $(BASE_IMAGE)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/model.py
