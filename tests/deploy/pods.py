@@ -110,7 +110,7 @@ def _pod(name: str, image: str, command: list[str], port: int, host_port: int) -
 
 
 class Cluster:
-    """The pods of one run; ``start`` plays them, ``stop`` removes all it made."""
+    """The pods of one run: ``start_services`` then ``start_dlaas``; ``stop`` removes all."""
 
     def __init__(self, podman: Podman, workdir: Path, api_keys: str) -> None:
         self.podman = podman

@@ -112,9 +112,11 @@ def test_a_killed_worker_pod_loses_no_image(
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
 
+    admin: Any = cluster.redis()
+    assert admin.xlen(cluster.stream) > 0  # KEDA's figure (streamLength) sees the backlog
+
     # Given worker pod 0 holds messages in the middle of a batch, when it is killed ...
     victim = cluster.pod_name("dlaas-worker")
-    admin: Any = cluster.redis()
     held = _freeze_holding(cluster, admin, victim, timeout_s=120)
     cluster.podman("pod", "kill", victim)  # SIGKILL, as when a node is lost
     bodies = [admin.xrange(cluster.stream, m, m)[0][1]["b"] for m in held]
