@@ -276,3 +276,10 @@ def test_a_one_image_call_submits_on_the_event_loop_only_with_local_backends(
     ingest = Ingest(JobStore(storage, queue), max_bytes=1000, max_pixels=1000)
 
     assert ingest.inline_submit is inline
+
+
+def test_a_method_a_path_does_not_take_is_405_naming_the_methods(client: TestClient) -> None:
+    response = client.request("TRACE", "/healthz")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert response.headers["allow"] == "GET"

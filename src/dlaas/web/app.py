@@ -124,11 +124,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own headers stay: a 405 names the methods the path takes (``Allow``).
         if v2.is_v2(request):
-            return v2.error_response(exc.status_code, str(exc.detail))
+            return v2.error_response(exc.status_code, str(exc.detail), exc.headers)
         return JSONResponse(
             {"error": _slug(exc.status_code), "detail": str(exc.detail)},
             status_code=exc.status_code,
+            headers=exc.headers,
         )
 
 

@@ -11,7 +11,7 @@ together (``dlaas.web.sync``). Refusals use the protocol's ``{"error": "..."}``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ def is_v2(request: Request) -> bool:
 
 
 def error_response(
-    status_code: int, message: str, headers: dict[str, str] | None = None
+    status_code: int, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """A refusal in the protocol's shape, which Triton's and KServe's clients read."""
     return JSONResponse({"error": message}, status_code=status_code, headers=headers)
