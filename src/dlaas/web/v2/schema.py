@@ -1,6 +1,6 @@
 """The Open Inference Protocol's JSON shapes, for ``/openapi.json``.
 
-The routes read and write these bodies by hand (``v2_codec``): an infer body may carry
+The routes read and write these bodies by hand (``v2.codec``): an infer body may carry
 raw bytes after its JSON, and parsing it through a model would cost more than the rest
 of the web tier's work. These classes only describe the shapes.
 """
