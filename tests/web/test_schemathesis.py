@@ -77,7 +77,10 @@ def keyed_server(
 
 def check_pollable(response: Any, served: Served, headers: dict[str, str]) -> None:
     """A synchronous call answered 202: the job it names can be polled."""
-    poll = httpx.get(served.live.url + response.headers["location"], headers=headers)
+    location = response.headers["location"]  # schemathesis keeps each header's values
+    if isinstance(location, list):
+        (location,) = location
+    poll = httpx.get(served.live.url + location, headers=headers)
     assert poll.status_code == 200, poll.text
 
 
