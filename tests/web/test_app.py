@@ -312,25 +312,3 @@ def test_fastapi_telemetry_is_on_only_where_a_provider_is_configured(
 
     monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
     assert _telemetry()["tracing"] is True
-
-
-@pytest.mark.parametrize(
-    ("storage_url", "fsync", "queue_url", "inline"),
-    [
-        ("file://{tmp}/s", False, "sqlite:///{tmp}/q.db", True),
-        ("memory://", False, "memory://", True),
-        ("file://{tmp}/s", True, "sqlite:///{tmp}/q.db", False),  # a flush takes ms
-    ],
-)
-def test_a_one_image_call_submits_on_the_event_loop_only_with_local_backends(
-    tmp_path: Any, storage_url: str, fsync: bool, queue_url: str, inline: bool
-) -> None:
-    from dlaas.web.ingest import JobService
-
-    options = {"fsync": True} if fsync else {}
-    storage = open_storage(storage_url.format(tmp=tmp_path), **options)
-    queue = open_queue(queue_url.format(tmp=tmp_path))
-
-    service = JobService(storage, queue, max_bytes=1000, max_pixels=1000)
-
-    assert service.inline_submit is inline

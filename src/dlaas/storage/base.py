@@ -58,9 +58,6 @@ class Storage(ABC):
     """
 
     url: str = ""
-    # True where every call is a local syscall of microseconds (a directory, memory): an
-    # event loop may then call it inline, as a hop to a thread would cost about as much.
-    local_io: bool = False
 
     def put(self, key: str, data: bytes) -> None:
         self._put(validate_key(key), bytes(data))

@@ -39,12 +39,9 @@ _PUT_ATTEMPTS = 5
 class LocalStorage(Storage):
     """A directory of files. ``fsync=True`` makes each put durable across power loss (slower)."""
 
-    local_io = True  # unless fsync: a flush to disk takes milliseconds
-
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.root = Path(root).expanduser().resolve()
         self.fsync = fsync
-        self.local_io = not fsync
         self.url = f"file://{self.root}"
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(
