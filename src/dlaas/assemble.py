@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from dlaas.scaling.controller import Controller
     from dlaas.scaling.launchers.base import Launcher
     from dlaas.storage.base import Storage
+    from dlaas.web.tenancy import Limits
     from dlaas.worker.loop import Worker
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "build_launcher",
     "build_worker",
     "model_spec_from",
+    "open_limits_from",
     "open_queue_from",
     "open_storage_from",
     "run_worker",
@@ -56,6 +58,34 @@ def open_queue_from(settings: Settings) -> Queue:
     from dlaas.queue import open_queue
 
     return open_queue(settings.queue_url, name=settings.queue_name, **settings.queue_options())
+
+
+def open_limits_from(settings: Settings) -> Limits:
+    """The owner limits: in Redis when the replicas share one (``--limits-url``, or the
+    ``redis://`` queue's server), so N replicas enforce one limit; else in this process."""
+    from dlaas.web.tenancy import Limits
+
+    url = settings.shared_limits_url
+    if url is None:
+        return Limits.in_process(
+            settings.rate_limit_per_owner, settings.rate_limit_burst, settings.max_backlog_per_owner
+        )
+    try:
+        from dlaas.web.shared_limits import open_shared_limits
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis":
+            raise
+        raise ConfigError(
+            f"limits URL {url!r} needs the redis client, which is not installed; "
+            "install dlaas[redis] (pip install 'dlaas[redis]')"
+        ) from exc
+    return open_shared_limits(
+        url,
+        namespace=settings.queue_name,
+        rate_per_s=settings.rate_limit_per_owner,
+        burst=settings.rate_limit_burst,
+        max_backlog=settings.max_backlog_per_owner,
+    )
 
 
 def build_controller(settings: Settings, queue: Queue, storage: Storage) -> Controller:

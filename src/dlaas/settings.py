@@ -23,7 +23,13 @@ from dlaas.defaults import (
     cpu_count,
 )
 from dlaas.errors import ConfigError
-from dlaas.setting_groups import BUILTIN_MODELS, QUEUE_SCHEMES, RGB, STORAGE_SCHEMES
+from dlaas.setting_groups import (
+    BUILTIN_MODELS,
+    LIMITS_SCHEMES,
+    QUEUE_SCHEMES,
+    RGB,
+    STORAGE_SCHEMES,
+)
 
 
 class Settings(BaseSettings):
@@ -70,6 +76,12 @@ class Settings(BaseSettings):
     classify_timeout_s: float = Field(
         30.0, gt=0, description="default wait of the synchronous endpoints"
     )
+    reply_queue_stale_s: float = Field(
+        90.0,
+        gt=0,
+        description="a web replica silent this long is taken for dead: another stores the"
+        " results left in its reply queue and removes the queue",
+    )
 
     # Security and tenancy (docs/security.md).
     api_keys_file: Path | None = Field(
@@ -96,6 +108,11 @@ class Settings(BaseSettings):
         None,
         description="comma-separated origins allowed to call the API from a browser"
         " (default: none, CORS off)",
+    )
+    limits_url: str | None = Field(
+        None,
+        description="redis://host:6379/0 where every web replica keeps the owner rate limits"
+        " and backlog counts (default: the redis:// queue's server; else per process)",
     )
 
     # Workers.
@@ -270,6 +287,11 @@ class Settings(BaseSettings):
     def _queue_url(cls, value: str | None) -> str | None:
         return _check_scheme(value, QUEUE_SCHEMES, "queue")
 
+    @field_validator("limits_url")
+    @classmethod
+    def _limits_url(cls, value: str | None) -> str | None:
+        return _check_scheme(value, LIMITS_SCHEMES, "limits")
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.min_workers > self.max_workers:
@@ -301,6 +323,13 @@ class Settings(BaseSettings):
     @property
     def queue_url(self) -> str:
         return self.queue or f"sqlite://{(self.data_dir / 'queue.db').resolve()}"
+
+    @property
+    def shared_limits_url(self) -> str | None:
+        """Where the owner limits are shared between replicas; None keeps them per process."""
+        if self.limits_url is not None:
+            return self.limits_url
+        return self.queue_url if urlparse(self.queue_url).scheme in LIMITS_SCHEMES else None
 
     @property
     def model_path(self) -> Path | None:
