@@ -231,6 +231,12 @@ class ReplyHub:
             log.warning("reply_register_failed", extra={"error": str(exc)})
 
     def _clean_stale(self) -> None:
+        """Remove the reply queues of web processes that stopped refreshing their record.
+
+        A dead process's queue is cleaned twice: when its record goes stale, and once more
+        ``10 * stale_after_s`` later for the replies workers sent it meanwhile (tasks it
+        enqueued may wait in the backlog); then its record is deleted.
+        """
         try:
             keys = self.storage.list("replies/")
         except DlaasError:
@@ -239,18 +245,28 @@ class ReplyHub:
         for key in keys:
             try:
                 record = self.storage.get_json(key)
-                if now - float(record["updated_at"]) < self.stale_after_s:
-                    continue
                 name = str(record["queue"])
                 if not name.startswith(REPLY_PREFIX) or name == self.name:
                     continue
-                stale = self.input_queue.sibling(name)
-                try:
-                    self._salvage(stale)
-                    stale.destroy()
-                finally:
-                    stale.close()
-                self.storage.delete(key)
+                cleaned_at = record.get("cleaned_at")
+                if cleaned_at is None:
+                    if now - float(record["updated_at"]) < self.stale_after_s:
+                        continue
+                elif now - float(cleaned_at) < 10 * self.stale_after_s:
+                    continue
+                self._remove_queue(name)
+                if cleaned_at is None and float(record["updated_at"]) > 0:
+                    self.storage.put_json(key, {**record, "cleaned_at": now})
+                else:  # a clean stop (updated_at 0) or the second pass
+                    self.storage.delete(key)
                 log.info("stale_reply_queue_removed", extra={"reply_queue": name})
             except (DlaasError, KeyError, ValueError, TypeError):
                 continue
+
+    def _remove_queue(self, name: str) -> None:
+        stale = self.input_queue.sibling(name)
+        try:
+            self._salvage(stale)
+            stale.destroy()
+        finally:
+            stale.close()
