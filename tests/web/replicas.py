@@ -97,7 +97,7 @@ class Cluster:
         """The reply stream a replica logged at start."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            for line in replica.log().splitlines():
+            for line in replica.log_path.read_text(errors="replace").splitlines():
                 if '"reply_hub_started"' in line:
                     return str(json.loads(line)["reply_queue"])
             time.sleep(0.1)
@@ -132,7 +132,8 @@ def haproxy_binary() -> str:
 
 class HAProxy:
     """HAProxy on 127.0.0.1 in front of ``backends``, health-checking ``/readyz``
-    twice a second: a backend is out after 2 failed checks."""
+    twice a second: a backend is out after 2 failed checks. A connection refused by a
+    backend is retried on another (``option redispatch``); a request already sent is not."""
 
     def __init__(self, root: Path, backends: Sequence[str]) -> None:
         self.port = free_port()
@@ -149,6 +150,8 @@ defaults
   timeout connect 2s
   timeout client 60s
   timeout server 60s
+  retries 3
+  option redispatch 1
 frontend dlaas
   bind 127.0.0.1:{self.port}
   default_backend replicas
