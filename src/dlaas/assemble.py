@@ -14,11 +14,12 @@ import socket
 import sys
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from dlaas.errors import ConfigError, DlaasError
 from dlaas.logs import configure_logging
 from dlaas.model.select import model_spec_from
-from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, WORKER
+from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, URL_SCHEMES, WORKER
 from dlaas.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -65,7 +66,9 @@ def open_limits_from(settings: Settings) -> Limits:
     ``redis://`` queue's server), so N replicas enforce one limit; else in this process."""
     from dlaas.web.tenancy import Limits
 
-    url = settings.shared_limits_url
+    url = settings.limits_url
+    if url is None and urlparse(settings.queue_url).scheme in URL_SCHEMES["limits_url"]:
+        url = settings.queue_url  # the replicas share this Redis already
     if url is None:
         return Limits.in_process(
             settings.rate_limit_per_owner, settings.rate_limit_burst, settings.max_backlog_per_owner

@@ -33,6 +33,7 @@ def run_serve(settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     spec = model_spec_from(settings)  # build once here, before any worker starts
     storage = open_storage_from(settings)
+    storage.probe_atomic_create()  # Idempotency-Key claims need it; says so if it fails
     queue = open_queue_from(settings)
     controller = build_controller(settings, queue, storage)
     limits = open_limits_from(settings)

@@ -69,3 +69,4 @@ RGB = tuple[float, float, float]
 STORAGE_SCHEMES = ("file", "memory", "s3")
 QUEUE_SCHEMES = ("sqlite", "memory", "sqs", "https", "redis", "rediss")
 LIMITS_SCHEMES = ("redis", "rediss")
+URL_SCHEMES = {"storage": STORAGE_SCHEMES, "queue": QUEUE_SCHEMES, "limits_url": LIMITS_SCHEMES}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
+import pydantic
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -23,13 +24,7 @@ from dlaas.defaults import (
     cpu_count,
 )
 from dlaas.errors import ConfigError
-from dlaas.setting_groups import (
-    BUILTIN_MODELS,
-    LIMITS_SCHEMES,
-    QUEUE_SCHEMES,
-    RGB,
-    STORAGE_SCHEMES,
-)
+from dlaas.setting_groups import BUILTIN_MODELS, RGB, URL_SCHEMES
 
 
 class Settings(BaseSettings):
@@ -77,10 +72,7 @@ class Settings(BaseSettings):
         30.0, gt=0, description="default wait of the synchronous endpoints"
     )
     reply_queue_stale_s: float = Field(
-        90.0,
-        gt=0,
-        description="a web replica silent this long is taken for dead: another stores the"
-        " results left in its reply queue and removes the queue",
+        90.0, gt=0, description="a replica silent this long is dead: another clears its replies"
     )
 
     # Security and tenancy (docs/security.md).
@@ -111,10 +103,9 @@ class Settings(BaseSettings):
     )
     limits_url: str | None = Field(
         None,
-        description="redis://host:6379/0 where every web replica keeps the owner rate limits"
-        " and backlog counts (default: the redis:// queue's server; else per process)",
+        description="redis:// URL where all web replicas keep the owner limits (default:"
+        " the redis:// queue's server; else per process)",
     )
-
     # Workers.
     workers: int | None = Field(
         None, ge=0, description="fixed (non-elastic) mode: run exactly N local workers"
@@ -277,20 +268,11 @@ class Settings(BaseSettings):
     def _per_second(cls, value: object) -> object:
         return value.strip().removesuffix("/s") if isinstance(value, str) else value
 
-    @field_validator("storage")
+    @field_validator("storage", "queue", "limits_url")
     @classmethod
-    def _storage_url(cls, value: str | None) -> str | None:
-        return _check_scheme(value, STORAGE_SCHEMES, "storage")
-
-    @field_validator("queue")
-    @classmethod
-    def _queue_url(cls, value: str | None) -> str | None:
-        return _check_scheme(value, QUEUE_SCHEMES, "queue")
-
-    @field_validator("limits_url")
-    @classmethod
-    def _limits_url(cls, value: str | None) -> str | None:
-        return _check_scheme(value, LIMITS_SCHEMES, "limits")
+    def _url_scheme(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
+        field = str(info.field_name)
+        return _check_scheme(value, URL_SCHEMES[field], field.removesuffix("_url"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -323,13 +305,6 @@ class Settings(BaseSettings):
     @property
     def queue_url(self) -> str:
         return self.queue or f"sqlite://{(self.data_dir / 'queue.db').resolve()}"
-
-    @property
-    def shared_limits_url(self) -> str | None:
-        """Where the owner limits are shared between replicas; None keeps them per process."""
-        if self.limits_url is not None:
-            return self.limits_url
-        return self.queue_url if urlparse(self.queue_url).scheme in LIMITS_SCHEMES else None
 
     @property
     def model_path(self) -> Path | None:

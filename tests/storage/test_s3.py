@@ -121,7 +121,7 @@ def test_start_up_probe_sees_conditional_puts_honoured(
     storage = S3Storage.from_url(
         f"s3://{new_bucket(endpoint)}/p", endpoint_url=endpoint.url, addressing_style="path"
     )
-    assert storage.atomic_create
+    assert storage.probe_atomic_create()
     assert storage.list() == []  # the probe key is gone again
 
 

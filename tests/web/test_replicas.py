@@ -93,6 +93,8 @@ def test_one_key_sent_to_both_replicas_at_once_makes_one_job(
         outcomes["409 then replay" if 409 in statuses else "both 202"] += 1
     listed = httpx.get(a + "/v1/jobs?limit=100", headers=cluster.headers, timeout=30).json()
     assert len(listed["jobs"]) == ROUNDS
+    for replica in cluster.replicas:  # the start-up probe found If-None-Match honoured
+        assert "s3_conditional_put" not in replica.log_path.read_text(errors="replace")
     print(f"\n{ROUNDS} rounds: {dict(outcomes)}; jobs listed: {len(listed['jobs'])}")
 
 

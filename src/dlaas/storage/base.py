@@ -89,6 +89,11 @@ class Storage(ABC):
         """Return every key that starts with ``prefix``, sorted."""
         return sorted(self._list(validate_prefix(prefix)))
 
+    def probe_atomic_create(self) -> bool:
+        """Check at start-up that ``put_if_absent`` has one winner here (S3-compatible
+        stores may ignore the condition); return ``atomic_create``."""
+        return self.atomic_create
+
     def put_json(self, key: str, value: Any) -> None:
         self.put(key, json.dumps(value, separators=(",", ":")).encode())
 

@@ -6,8 +6,9 @@ bucket's (private) policy, and the stack's bucket blocks public access outright.
 
 Create-if-absent is a PUT with ``If-None-Match: *``: S3 answers 412 when the key exists,
 and 409 ``ConditionalRequestConflict`` while another conditional write to the key is in
-flight (retried here). A store that ignores the header would let every racer win, so
-``check`` writes one probe key twice at start-up and says loudly if the second succeeds.
+flight (retried here). A store that ignores the header would let every racer win, so the
+web tier writes one probe key twice at start-up and says loudly if the second succeeds
+(workers, which never create-if-absent and may not delete outside ``inputs/``, do not).
 """
 
 from __future__ import annotations
@@ -121,7 +122,6 @@ class S3Storage(Storage):
         )
         if check:
             storage.check()
-            storage.probe_atomic_create()
         return storage
 
     def check(self) -> None:
@@ -154,10 +154,14 @@ class S3Storage(Storage):
         write succeed ignores the header. Sets and returns ``atomic_create``."""
         key = f"{PROBE_PREFIX}/if-none-match-{uuid.uuid4().hex}"
         try:
-            first = self.put_if_absent(key, b"1")
-            second = self.put_if_absent(key, b"2")
-        finally:
-            self.delete(key)
+            try:
+                first = self.put_if_absent(key, b"1")
+                second = self.put_if_absent(key, b"2")
+            finally:
+                self.delete(key)
+        except StorageError as exc:
+            log.warning("s3_conditional_put_probe_failed", extra={"error": str(exc)})
+            return self.atomic_create
         self.atomic_create = first and not second
         if not self.atomic_create:
             log.error(
