@@ -74,24 +74,31 @@ class Cluster:
             "--labels", str(tiny_spec.onnx_path.parent / "labels.txt"),
         ]  # fmt: skip
         serve_args = [*self.common, "--workers", "0", "--api-keys-file", str(self.keys_file)]
-        self.replicas = [
-            ServeProcess(root / f"replica-{n}", [*serve_args, *extra], env=self.env)
-            for n in range(replicas)
-        ]
+        self.replicas: list[ServeProcess] = []
         self.workers: list[subprocess.Popen[bytes]] = []
-        self.worker_logs = [root / f"worker-{n}.log" for n in range(workers)]
-        for n, log_path in enumerate(self.worker_logs):
-            argv = [
-                sys.executable, "-m", "dlaas", "worker", *self.common,
-                "--data-dir", str(root / f"worker-{n}"), "--worker-id", f"w{n}",
-                "--idle-timeout-s", "600",
-            ]  # fmt: skip
-            with log_path.open("wb") as log:
-                self.workers.append(
-                    subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        try:
+            for n in range(replicas):
+                self.replicas.append(
+                    ServeProcess(root / f"replica-{n}", [*serve_args, *extra], env=self.env)
                 )
-        for replica in self.replicas:
-            replica.wait_ready()
+            for n in range(workers):
+                self._start_worker(root, n)
+            for replica in self.replicas:
+                replica.wait_ready()
+        except BaseException:
+            self.stop()  # what did start must not outlive the test
+            raise
+
+    def _start_worker(self, root: Path, n: int) -> None:
+        argv = [
+            sys.executable, "-m", "dlaas", "worker", *self.common,
+            "--data-dir", str(root / f"worker-{n}"), "--worker-id", f"w{n}",
+            "--idle-timeout-s", "600",
+        ]  # fmt: skip
+        with (root / f"worker-{n}.log").open("wb") as log:
+            self.workers.append(
+                subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            )
 
     def reply_queue_of(self, replica: ServeProcess) -> str:
         """The reply stream a replica logged at start."""
