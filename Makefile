@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck bench clean venv venv-test
+# `make image`: the container image, with podman (or docker); docs/kubernetes.md.
+IMAGE      ?= localhost/dlaas:latest
+BASE_IMAGE ?= python:3.11-slim
+
+.PHONY: run test test-containers image lint typecheck bench clean venv venv-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,17 +33,31 @@ run: $(VENV)/.installed
 	$(BIN)/dlaas serve --host $(HOST) --port $(PORT)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 test: $(VENV)/.installed-test lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not containers"
 
-bench: $(VENV)/.installed-test
+# The image and deploy/k8s as pods; needs podman (CI installs it). Slower than the rest
+# (the images are built from nothing in a fresh clone), so `make test` leaves them out
+# and .ci/run runs this target after it.
+test-containers: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m containers tests/deploy
+
+# Falls back to a base made from Debian's packages when BASE_IMAGE cannot be pulled.
+image:
+	$(PYTHON) deploy/container/build.py image --tag $(IMAGE) --base-image $(BASE_IMAGE)
+
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed-test
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: $(VENV)/.installed-bench
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/throughput.py

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -91,38 +90,13 @@ def ensure_model_dir() -> Path:
     return model_dir
 
 
-def _bare_loop(model_dir: str, images: list[bytes], batch_size: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    from dlaas.model import Classifier, ensure_model
-
-    clf = Classifier(ensure_model(Path(model_dir)), intra_op_num_threads=1)
-    clf.predict(np.stack([clf.preprocess(images[0])]))  # warm-up
-    started = time.perf_counter()
-    for i in range(0, len(images), batch_size):
-        arrays = [clf.preprocess(b) for b in images[i : i + batch_size]]
-        clf.predict(np.stack(arrays))
-    out.put(len(images) / (time.perf_counter() - started))
-
-
 def bare_loop_img_s(
     model_dir: Path, images: list[bytes], processes: int = 2, batch_size: int = 8
 ) -> float:
-    """The baseline: ``processes`` processes x 1 thread, decode + preprocess + ORT, no I/O."""
-    ctx = mp.get_context("spawn")
-    out: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    share = len(images) // processes
-    procs = [
-        ctx.Process(
-            target=_bare_loop,
-            args=(str(model_dir), images[i * share : (i + 1) * share], batch_size, out),
-        )
-        for i in range(processes)
-    ]
-    for p in procs:
-        p.start()
-    rates = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return float(sum(rates))
+    """The bare decode+ORT loop's images per second (bench/peers.py has the details)."""
+    from peers import bare_run
+
+    return bare_run(model_dir, images, processes, batch_size).img_s
 
 
 def multipart(field: str, files: Sequence[tuple[str, bytes]]) -> tuple[bytes, str]:
@@ -165,6 +139,31 @@ def post_all(
             status, text = client.post(path, body, content_type)
             assert status == expect, (status, text[:200])
         client.close()
+
+    chunks = [bodies[i::threads] for i in range(threads)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(send, chunks))
+    return len(bodies) / (time.perf_counter() - started)
+
+
+def post_all_as_user(
+    port: int, path: str, bodies: Sequence[tuple[bytes, str]], threads: int, expect: int
+) -> float:
+    """``post_all`` as a user's program does it: ``requests``, one keep-alive Session per
+    thread, and every answer parsed (JSON, or text for ``POST /``). Its CPU is the
+    client's real cost, which shares the box with the server under test."""
+    import requests
+
+    url = f"http://127.0.0.1:{port}{path}"
+
+    def send(chunk: Sequence[tuple[bytes, str]]) -> None:
+        with requests.Session() as session:
+            for body, content_type in chunk:
+                response = session.post(url, data=body, headers={"Content-Type": content_type})
+                assert response.status_code == expect, (response.status_code, response.text[:200])
+                answer = response.json() if path != "/" else response.text
+                assert answer, "an empty answer"
 
     chunks = [bodies[i::threads] for i in range(threads)]
     started = time.perf_counter()

@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from common import LeanClient, ServeProcess, cpu_count, ensure_model_dir, multipart
-from throughput import peer_app
+from peers import peer_app
 
 SYSTEMS = ("peer", "fixed", "elastic")
 P50_GOAL_MS = 8.0  # over the bare p50

@@ -1,8 +1,9 @@
-"""The peer dlaas must beat: what a competent engineer writes in a dozen lines.
+"""The FastAPI peer dlaas must beat: what a competent engineer writes in a dozen lines.
 
 One uvicorn process (same uvicorn, httptools and uvloop as dlaas), one ORT session loaded
 at start, and a sync handler, so Starlette runs decode + ORT in its threadpool, where
-PIL and ORT release the GIL and both cores get used.
+PIL and ORT release the GIL and both cores get used. It answers the same top-5 JSON as
+``/v1/classify`` (bench/peer_model.py), so a client parses the same content.
 
     .venv/bin/python bench/peer_fastapi.py --port 8001 [--model-dir .dlaas/models]
 """
@@ -17,17 +18,17 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI, File, UploadFile
 
-from dlaas.model import Classifier, ensure_model
+from peer_model import PeerModel
 
 
 def create_app(model_dir: Path) -> FastAPI:
-    clf = Classifier(ensure_model(model_dir), intra_op_num_threads=1)
+    model = PeerModel(model_dir)
     app = FastAPI()
 
     @app.post("/v1/classify")
     def classify(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008  (FastAPI idiom)
-        top5 = clf.predict(np.stack([clf.preprocess(file.file.read())]))[0]
-        return {"filename": file.filename, "predictions": [p.to_dict() for p in top5]}
+        top5 = model.top5(np.stack([model.preprocess(file.file.read())]))[0]
+        return {"filename": file.filename, "status": "done", "predictions": top5}
 
     @app.get("/readyz")
     def readyz() -> dict[str, str]:

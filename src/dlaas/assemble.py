@@ -187,13 +187,17 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
     t0 = time.monotonic()
     spec = model_spec_from(settings)
     preloaded = classifier_for(spec.onnx_path, settings.intra_op_threads)
-    classifier = preloaded or Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
+    classifier = preloaded
+    if classifier is None:
+        classifier = Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
+        classifier.set_run_batch_size(settings.run_batch_size, settings.batch_size)
     log.info(
         "model_loaded",
         extra={
             "worker_id": worker_id,
             "model": spec.name,
             "preloaded": preloaded is not None,
+            "run_batch_size": classifier.run_batch_size,
             "ms": round((time.monotonic() - t0) * 1000),
         },
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 
-# Most images per forward pass. ONNX Runtime's cost per image is the same from 1 to 32
-# on a CPU, but its arena keeps the activations of the largest batch it has run: 16
-# held ~95 MB more per worker than 8 (PSS), for no speed.
+# Most messages a worker takes at once: received, stored, replied and deleted together.
+# The forward pass inside it runs in 1 or 8 images, whichever the CPU does cheaper per
+# image (timed when the model loads; ``run_batch_size``). ONNX Runtime's arena keeps the
+# activations of the largest batch it has run: 16 held ~95 MB more per worker than 8.
 BATCH_SIZE = 8
 
 # Messages (waiting or in a batch) per worker before the policy adds another. Two keep a

@@ -14,7 +14,7 @@ MODEL = (
     "std", "layout",
 )  # fmt: skip
 WORKER = (
-    "batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
+    "batch_size", "run_batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
     "max_receives", "intra_op_threads", "worker_id", "parent_pid", "keep_inputs",
 )  # fmt: skip
 WEB = (
@@ -56,8 +56,8 @@ GROUPS = {
 
 # The tuning a worker on another machine shares with the controller that starts it.
 REMOTE_WORKER = (
-    "queue_name", "batch_size", "max_batch_delay_ms", "idle_timeout_s", "visibility_timeout_s",
-    "max_receives", "intra_op_threads", "keep_inputs",
+    "queue_name", "batch_size", "run_batch_size", "max_batch_delay_ms", "idle_timeout_s",
+    "visibility_timeout_s", "max_receives", "intra_op_threads", "keep_inputs",
 )  # fmt: skip
 
 # --model names that dlaas builds itself (dlaas.model.cache and dlaas.model.quantize);

@@ -110,7 +110,14 @@ class Settings(BaseSettings):
     workers: int | None = Field(
         None, ge=0, description="fixed (non-elastic) mode: run exactly N local workers"
     )
-    batch_size: int = Field(BATCH_SIZE, ge=1, le=256, description="most images per forward pass")
+    batch_size: int = Field(BATCH_SIZE, ge=1, le=256, description="most messages per batch")
+    run_batch_size: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="images per forward pass within a batch; 0: time 1 against --batch-size "
+        "when the model loads and keep the cheaper per image",
+    )
     max_batch_delay_ms: float = Field(
         10.0,
         ge=0,

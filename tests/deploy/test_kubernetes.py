@@ -16,13 +16,12 @@ from urllib.parse import parse_qs, urlparse
 
 import jsonschema
 import pytest
-import yaml
 from kubernetes_validate import utils as k8s
 
 from dlaas.settings import Settings, load_settings
 
-ROOT = Path(__file__).parents[2]
-K8S = ROOT / "deploy" / "k8s"
+from .manifests import K8S, ROOT, by_kind, container, environment, render
+
 VARIANTS = {"redis": K8S, "sqs": K8S / "sqs"}
 KUBERNETES_VERSION = "1.30.0"  # the oldest that KEDA 2.17 supports
 SCHEMAS = Path(__file__).parent / "keda"
@@ -31,48 +30,6 @@ KEDA = {
     for kind in ("ScaledObject", "TriggerAuthentication")
 }
 MADE_BY_HAND = {"dlaas-api-keys"}  # a Secret the operator creates (docs/kubernetes.md)
-
-
-def render(directory: Path) -> list[dict[str, Any]]:
-    """The documents ``kubectl apply -k directory`` applies."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unknown = set(kustomization) - {"apiVersion", "kind", "resources", "namespace"}
-    assert not unknown, f"{directory}: kustomize features this test does not render: {unknown}"
-    docs: list[dict[str, Any]] = []
-    for entry in kustomization["resources"]:
-        path = directory / entry
-        if path.is_dir():
-            docs += render(path)
-        else:
-            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
-    if "namespace" in kustomization:
-        for doc in docs:
-            if doc["kind"] != "Namespace":
-                doc["metadata"]["namespace"] = kustomization["namespace"]
-    return docs
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
-
-
-def container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (only,) = deployment["spec"]["template"]["spec"]["containers"]
-    return dict(only)
-
-
-def environment(docs: list[dict[str, Any]], deployment: dict[str, Any]) -> dict[str, str]:
-    """The container's DLAAS_* and AWS_* variables, as the kubelet would set them."""
-    maps, secrets = by_kind(docs, "ConfigMap"), by_kind(docs, "Secret")
-    env: dict[str, str] = {}
-    for source in container(deployment).get("envFrom", []):
-        if "configMapRef" in source:
-            env.update(maps[source["configMapRef"]["name"]]["data"])
-        else:
-            env.update(secrets[source["secretRef"]["name"]]["stringData"])
-    for item in container(deployment).get("env", []):
-        env[item["name"]] = item.get("value", "<from the pod>")
-    return env
 
 
 @pytest.fixture(params=sorted(VARIANTS))
@@ -231,8 +188,8 @@ def test_the_docs_walk_through_the_manifests() -> None:
 
 
 def test_the_containerfile_matches_the_manifests() -> None:
-    """The image is built elsewhere (nothing here can pull a base image); what can be
-    checked offline is that it copies what exists and agrees with the manifests."""
+    """Offline, and quick: the image copies what exists and agrees with the manifests
+    (test_pods.py builds it and runs the manifests on it)."""
     text = (ROOT / "Containerfile").read_text()
     for line in text.splitlines():
         if line.startswith("COPY ") and "--from=" not in line:

@@ -116,3 +116,28 @@ def test_thread_count_is_validated(tiny_spec: ModelSpec) -> None:
     assert Classifier(tiny_spec, intra_op_num_threads=2, allow_spinning=True).predict(
         np.zeros((1, 3, 224, 224), np.float32)
     )
+
+
+def test_a_batch_split_into_runs_scores_as_one_run(tiny_spec: ModelSpec) -> None:
+    # Given a batch of 7 different images
+    clf = Classifier(tiny_spec)
+    colours = [(40 * i, 255 - 30 * i, 17 * i) for i in range(7)]
+    batch = np.stack([clf.preprocess(jpeg_bytes(Image.new("RGB", (64, 48), c))) for c in colours])
+    whole = clf.logits(batch)
+
+    # When the forward pass runs 3 images at a time (the last run holds 1)
+    assert clf.set_run_batch_size(3, largest=8) == 3
+
+    # Then every image scores as in one run, in order
+    np.testing.assert_allclose(clf.logits(batch), whole, rtol=1e-5, atol=1e-6)
+    assert [p[0].class_id for p in clf.predict(batch)] == whole.argmax(axis=1).tolist()
+
+
+def test_the_run_size_is_measured_when_not_given(tiny_spec: ModelSpec) -> None:
+    clf = Classifier(tiny_spec)
+
+    chosen = clf.set_run_batch_size(0, largest=8)
+
+    assert chosen in (1, 8)
+    assert clf.run_batch_size == chosen
+    assert clf.set_run_batch_size(0, largest=1) == 1  # nothing to compare

@@ -13,7 +13,7 @@ from PIL import Image
 
 from dlaas.errors import ImageError
 from dlaas.model import Preprocessing
-from dlaas.model.preprocess import _request_draft, crop_to_input, prepare_image
+from dlaas.model.preprocess import _request_draft, crop_to_input, prepare_image, to_array
 
 PP = Preprocessing()
 
@@ -252,3 +252,58 @@ def test_max_pixels_is_configurable() -> None:
     with pytest.raises(ImageError, match="200x100 pixels, more than the 10000 allowed"):
         prepare_image(data, PP, max_pixels=10_000)
     assert prepare_image(data, PP, max_pixels=20_000).shape == (3, 224, 224)
+
+
+def test_rgb_and_grey_jpegs_take_libjpeg_turbo_with_scaling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given the decoder behind the fast path, watched
+    import simplejpeg
+
+    from dlaas.model import preprocess
+
+    calls: list[tuple[int, int]] = []
+    real = simplejpeg.decode_jpeg
+
+    def watched(data: bytes, **kw: object) -> np.ndarray:
+        out: np.ndarray = real(data, **kw)
+        calls.append((out.shape[1], out.shape[0]))
+        return out
+
+    monkeypatch.setattr(preprocess.simplejpeg, "decode_jpeg", watched)
+
+    # When a large RGB JPEG, a grey one and a CMYK one are prepared
+    rgb = prepare_image(encode(Image.new("RGB", (2048, 1536), (200, 30, 60)), "JPEG"), PP)
+    grey = prepare_image(encode(Image.new("L", (800, 600), 90), "JPEG"), PP)
+    prepare_image(encode(Image.new("CMYK", (300, 200), (0, 255, 255, 0)), "JPEG"), PP)
+
+    # Then the first two were decoded by it at a reduced scale, short side still >= 256,
+    # and the CMYK one was left to Pillow; colours come out as Pillow gives them
+    assert len(calls) == 2
+    (w1, h1), (w2, h2) = calls
+    assert 256 <= h1 < 1536 and w1 < 2048
+    assert 256 <= h2 < 600 and w2 < 800
+    assert np.allclose(rgb[:, 112, 112], (np.array([200, 30, 60]) - 127) / 128, atol=3 / 128)
+    assert np.allclose(grey[:, 112, 112], (90 - 127) / 128, atol=2 / 128)
+
+
+def test_turbo_and_pillow_decodes_agree_on_photos(photo: Callable[[str], bytes]) -> None:
+    for name in ("coffee", "chelsea", "astronaut"):
+        big = Image.open(io.BytesIO(photo(name))).resize((1800, 1350))
+        for progressive in (False, True):
+            data = encode(big, "JPEG", quality=90, progressive=progressive)
+
+            fast = prepare_image(data, PP)  # scale-on-decode by libjpeg-turbo
+            full = prepare_image(data, PP, use_draft=False)  # Pillow, full size
+
+            assert float(np.abs(fast - full).mean()) < 4 / 128, (name, progressive)
+
+
+def test_normalisation_matches_the_textbook_formula() -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    pp = Preprocessing(mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
+
+    got = to_array(Image.fromarray(pixels), pp)
+
+    expected = (pixels.astype(np.float64) - pp.mean) / pp.std
+    np.testing.assert_allclose(got, expected.transpose(2, 0, 1), atol=1e-5)

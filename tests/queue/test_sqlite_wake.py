@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 import time
 import uuid
 from contextlib import closing
@@ -153,3 +154,38 @@ def test_a_forked_child_listens_on_its_own_and_leaves_the_parents_listener_alone
     assert [m.body for m in batch] == ["after the child"]
     assert _listeners(path) == [parent_row]
     queue.close()
+
+
+def test_a_commit_wakes_only_threads_waiting_on_its_queue(tmp_path: Path) -> None:
+    # Given a thread of this process waiting on queue "replies"
+    path = tmp_path / "q.db"
+    replies = SqliteQueue(path, "replies", poll_interval_s=NO_POLL_S)
+    work = SqliteQueue(path, "work", poll_interval_s=NO_POLL_S)
+    db = replies._db
+    wakes = 0
+    real_notify_all = db._changed.notify_all
+
+    def counted() -> None:
+        nonlocal wakes
+        wakes += 1
+        real_notify_all()
+
+    db._changed.notify_all = counted
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.extend(replies.receive(1, 5.0)))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not db._waiting.get(replies.name) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    # When another queue in the same file gets a message, then its own queue does
+    work.send("task")
+    assert wakes == 0 and waiter.is_alive()
+    replies.send("result")
+    waiter.join(5)
+
+    # Then only the second commit woke it, and it got its message at once
+    assert wakes == 1 and len(got) == 1
+    assert db._waiting[replies.name] == 0
+    replies.close()
+    work.close()

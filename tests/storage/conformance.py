@@ -99,6 +99,27 @@ class StorageConformance:
         storage.delete("never/was")
         assert storage.list() == ["d/two"]
 
+    def test_delete_many_removes_those_named_and_skips_missing(self, storage: Storage) -> None:
+        # Given two jobs' inputs
+        for job in ("a", "b"):
+            for n in range(3):
+                storage.put(f"in/{job}/{n}", b"x")
+
+        # When one batch deletes all of a, one of b, and a key that never was
+        storage.delete_many(["in/a/0", "in/a/1", "in/a/2", "in/b/1", "in/never/was"])
+        storage.delete_many([])
+
+        # Then exactly those are gone, and a's keys can be written again
+        assert storage.list() == ["in/b/0", "in/b/2"]
+        storage.put("in/a/1", b"again")
+        assert storage.get("in/a/1") == b"again"
+
+    def test_delete_many_checks_every_key(self, storage: Storage) -> None:
+        storage.put("k/1", b"1")
+        with pytest.raises(InvalidKey):
+            storage.delete_many(["k/1", "../escape"])
+        assert storage.exists("k/1")  # nothing deleted when one key is unsafe
+
     def test_key_can_be_written_again_after_delete(self, storage: Storage) -> None:
         storage.put("r/x", b"1")
         storage.delete("r/x")

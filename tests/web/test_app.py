@@ -293,3 +293,44 @@ def test_partial_upload_accepts_good_files_and_lists_refused(
     ]
     job = wait_complete(client, body["job_id"])
     assert job["counts"]["done"] == 2
+
+
+def test_fastapi_telemetry_is_on_only_where_a_provider_is_configured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opentelemetry import trace
+
+    from dlaas.web.app import _telemetry
+
+    # Unconfigured (no SDK, no OTEL_PYTHON_* provider): every hook off, no per-request cost
+    assert _telemetry() == {"tracing": False, "metrics": False, "logs": False}
+
+    # With a real tracer provider set before the app is built, tracing stays on
+    class TracerProvider(trace.TracerProvider):
+        def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+            return trace.NoOpTracer()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
+    assert _telemetry()["tracing"] is True
+
+
+@pytest.mark.parametrize(
+    ("storage_url", "fsync", "queue_url", "inline"),
+    [
+        ("file://{tmp}/s", False, "sqlite:///{tmp}/q.db", True),
+        ("memory://", False, "memory://", True),
+        ("file://{tmp}/s", True, "sqlite:///{tmp}/q.db", False),  # a flush takes ms
+    ],
+)
+def test_a_one_image_call_submits_on_the_event_loop_only_with_local_backends(
+    tmp_path: Any, storage_url: str, fsync: bool, queue_url: str, inline: bool
+) -> None:
+    from dlaas.web.ingest import JobService
+
+    options = {"fsync": True} if fsync else {}
+    storage = open_storage(storage_url.format(tmp=tmp_path), **options)
+    queue = open_queue(queue_url.format(tmp=tmp_path))
+
+    service = JobService(storage, queue, max_bytes=1000, max_pixels=1000)
+
+    assert service.inline_submit is inline

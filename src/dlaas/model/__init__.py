@@ -6,18 +6,24 @@ See docs/model.md.
 """
 
 from dlaas.model.cache import ensure_model
-from dlaas.model.classifier import Classifier
 from dlaas.model.custom import load_custom_model
 from dlaas.model.quantize import INT8_NAME, ensure_quantized_model
 from dlaas.model.spec import ModelSpec, Prediction, Preprocessing
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from dlaas.model.classifier import Classifier
     from dlaas.model.tiny import build_tiny_model
 
 
 def __getattr__(name: str) -> object:
-    """``build_tiny_model`` needs ``onnx``; import it only when asked, not in workers."""
+    """Imported only when asked: ``Classifier`` needs ONNX Runtime, which the web tier never
+    runs (it would map ~30 MB into a process that classifies nothing), and
+    ``build_tiny_model`` needs ``onnx``, which workers never need."""
+    if name == "Classifier":
+        from dlaas.model.classifier import Classifier
+
+        return Classifier
     if name == "build_tiny_model":
         from dlaas.model.tiny import build_tiny_model
 

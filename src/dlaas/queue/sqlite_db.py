@@ -75,6 +75,9 @@ class _Database:
         # on every wake-up from another process's commit; a waiting receiver wakes only for
         # its own queue (and checks data_version in case a wake-up was lost).
         self._local_versions: dict[str, int] = {}
+        # Threads of this process waiting on each queue: a commit wakes them only if its
+        # queue has one (the web tier's enqueue used to wake its idle reply reader each time).
+        self._waiting: dict[str, int] = {}
         self._listener: WakeListener | None = None
         self._listen_lock = threading.Lock()
         self._listening: dict[str, float] = {}  # queue name -> when its row was last checked
@@ -254,7 +257,8 @@ class _Database:
         with self._changed:
             for name in touched:
                 self._local_versions[name] = self._local_versions.get(name, 0) + 1
-            self._changed.notify_all()
+            if any(self._waiting.get(name) for name in touched):
+                self._changed.notify_all()
 
     def _data_version(self) -> int:
         value: int = self.read(lambda c: c.execute("PRAGMA data_version").fetchone()[0])
@@ -284,7 +288,11 @@ class _Database:
             with self._changed:
                 if self._local_versions.get(name, 0) != seen[0]:
                     return
-                self._changed.wait(min(next_check, end) - now)
+                self._waiting[name] = self._waiting.get(name, 0) + 1
+                try:
+                    self._changed.wait(min(next_check, end) - now)
+                finally:
+                    self._waiting[name] -= 1
                 if self._local_versions.get(name, 0) != seen[0]:
                     return
             if time.monotonic() >= next_check:

@@ -2,7 +2,8 @@
 
 Backends implement six primitives (``_put``, ``_put_if_absent``, ``_get``, ``_exists``,
 ``_delete``, ``_list``); key validation and the JSON helpers live here so every backend
-gets them for free.
+gets them for free. A backend with a cheaper bulk delete (one request for many keys)
+overrides ``_delete_many``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from dlaas.errors import InvalidKey
@@ -58,6 +59,9 @@ class Storage(ABC):
     """
 
     url: str = ""
+    # True where every call is a local syscall of microseconds (a directory, memory): an
+    # event loop may then call it inline, as a hop to a thread would cost about as much.
+    local_io: bool = False
     # False where the store was seen to ignore create-if-absent (an S3-compatible store
     # without ``If-None-Match``): ``put_if_absent`` then cannot promise one winner.
     atomic_create: bool = True
@@ -84,6 +88,15 @@ class Storage(ABC):
     def delete(self, key: str) -> None:
         """Delete the object; deleting a missing key is not an error."""
         self._delete(validate_key(key))
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete every object in ``keys``; missing ones are not an error.
+
+        One call per batch, so a backend can make it one request (S3's DeleteObjects) or
+        tidy shared directories once. On failure some keys may be gone and some not.
+        """
+        if keys:
+            self._delete_many([validate_key(key) for key in keys])
 
     def list(self, prefix: str = "") -> list[str]:
         """Return every key that starts with ``prefix``, sorted."""
@@ -123,3 +136,7 @@ class Storage(ABC):
 
     @abstractmethod
     def _list(self, prefix: str) -> Iterator[str]: ...
+
+    def _delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._delete(key)

@@ -13,7 +13,7 @@ import errno
 import itertools
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dlaas.errors import InvalidKey, ObjectNotFound, StorageError
@@ -41,9 +41,12 @@ _PUT_ATTEMPTS = 5
 class LocalStorage(Storage):
     """A directory of files. ``fsync=True`` makes each put durable across power loss (slower)."""
 
+    local_io = True  # unless fsync: a flush to disk takes milliseconds
+
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.root = Path(root).expanduser().resolve()
         self.fsync = fsync
+        self.local_io = not fsync
         self.url = f"file://{self.root}"
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(
@@ -170,16 +173,24 @@ class LocalStorage(Storage):
             raise self._error("check", key, exc.errno, exc.strerror) from exc
 
     def _delete(self, key: str) -> None:
-        path = self._path(key)
+        if self._unlink(key):
+            self._prune(self._path(key).parent)
+
+    def _delete_many(self, keys: Sequence[str]) -> None:
+        """Unlink them all, then prune each directory once (a batch shares its job's)."""
+        parents = {self._path(key).parent for key in keys if self._unlink(key)}
+        for parent in parents:
+            self._prune(parent)
+
+    def _unlink(self, key: str) -> bool:
+        """Remove the file; False if there was none (or the key is a prefix of others)."""
         try:
-            path.unlink()
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        except IsADirectoryError:
-            return  # a prefix of other keys, not an object
+            os.unlink(self._path(key))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return False
         except OSError as exc:
             raise self._error("delete", key, exc.errno, exc.strerror) from exc
-        self._prune(path.parent)
+        return True
 
     def _prune(self, directory: Path) -> None:
         """Remove directories the delete left empty, so finished jobs leave no husks."""

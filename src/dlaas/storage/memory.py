@@ -34,6 +34,8 @@ def _objects(name: str) -> _Objects:
 class MemoryStorage(Storage):
     """Objects in a dict; ``put`` swaps in a new ``bytes``, so readers never see half a value."""
 
+    local_io = True
+
     def __init__(self, name: str = "default") -> None:
         self.name = name
         self.url = f"memory://{name}"

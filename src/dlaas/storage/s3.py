@@ -18,7 +18,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -234,6 +234,26 @@ class S3Storage(Storage):
             raise self._error("delete", key, exc) from exc
         except BotoCoreError as exc:
             raise self._error("delete", key, exc) from exc
+
+    def _delete_many(self, keys: Sequence[str]) -> None:
+        """DeleteObjects, 1,000 keys a request (S3's limit): one round trip per batch."""
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            objects = [{"Key": self.prefix + key} for key in chunk]
+            try:
+                answer = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True}
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise self._error("delete", chunk[0], exc) from exc
+            errors = [e for e in answer.get("Errors", ()) if e.get("Code") not in _NOT_FOUND]
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"cannot delete {len(errors)} of {len(chunk)} objects in {self.url}, "
+                    f"first {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}; "
+                    "check the credentials' s3:DeleteObject permission"
+                )
 
     def _list(self, prefix: str) -> Iterator[str]:
         paginator = self.client.get_paginator("list_objects_v2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
@@ -11,6 +12,13 @@ from dlaas import protocol
 from dlaas.errors import WebError
 from dlaas.web.context import context
 from dlaas.web.uploads import multipart_doc
+
+
+class _Json(JSONResponse):
+    """JSON written by orjson: ~10x faster than the standard library on a result."""
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)
 
 
 def build_router(default_timeout_s: float) -> APIRouter:
@@ -29,7 +37,7 @@ def build_router(default_timeout_s: float) -> APIRouter:
         result = await ctx.service.classify(
             ctx.hub, filename, data, timeout_s, started_at, owner=request.state.owner
         )
-        return JSONResponse(result)
+        return _Json(result)
 
     @router.post("/", response_class=PlainTextResponse, openapi_extra=multipart_doc("myfile"))
     async def classify_compat(request: Request) -> PlainTextResponse:

@@ -11,6 +11,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import simplejpeg
 from PIL import Image
 
 from dlaas.errors import WebError
@@ -66,11 +67,35 @@ def check_image(data: bytes, filename: str, *, max_bytes: int, max_pixels: int) 
     header_size = _png_header_size(data)
     if header_size is not None:
         _check_pixels(filename, *header_size, max_pixels=max_pixels)
+    size = _jpeg_size(data) if fmt == "JPEG" else None
+    if size is None:
+        size = _pillow_size(data, filename, fmt, max_pixels)
+    width, height = size
+    _check_pixels(filename, width, height, max_pixels=max_pixels)
+    if _truncated(data, fmt):
+        raise WebError(
+            422, "truncated_image", f"{filename!r} ends before its {fmt} data does; upload it again"
+        )
+    return ImageInfo(format=fmt, width=width, height=height, size_bytes=len(data))
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """A JPEG's size from libjpeg-turbo's header read (5 us, against Pillow's 70); None
+    where it refuses the header, so that Pillow gives its verdict as before."""
+    try:
+        height, width, _colour, _subsampling = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return int(width), int(height)
+
+
+def _pillow_size(data: bytes, filename: str, fmt: str, max_pixels: int) -> tuple[int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
+                return width, height
     except Image.DecompressionBombError:
         raise WebError(
             422,
@@ -84,12 +109,6 @@ def check_image(data: bytes, filename: str, *, max_bytes: int, max_pixels: int) 
             "corrupt_image",
             f"{filename!r} looks like {fmt} but its header is unreadable: {exc}",
         ) from None
-    _check_pixels(filename, width, height, max_pixels=max_pixels)
-    if _truncated(data, fmt):
-        raise WebError(
-            422, "truncated_image", f"{filename!r} ends before its {fmt} data does; upload it again"
-        )
-    return ImageInfo(format=fmt, width=width, height=height, size_bytes=len(data))
 
 
 def _check_pixels(filename: str, width: int, height: int, *, max_pixels: int) -> None:

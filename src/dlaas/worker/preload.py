@@ -47,6 +47,7 @@ def _load() -> Preloaded | None:
     classifier = Classifier(spec, intra_op_num_threads=settings.intra_op_threads)
     warm_up = np.zeros(spec.preprocessing.input_shape(1), dtype=np.float32)
     classifier.predict(warm_up)  # warm up: the first run is slowest
+    classifier.set_run_batch_size(settings.run_batch_size, settings.batch_size)
     return Preloaded(spec.onnx_path.resolve(), settings.intra_op_threads, classifier)
 
 

@@ -149,10 +149,10 @@ class Settler:
 
     def remove_inputs(self, items: Sequence[_HasTask]) -> None:
         """Delete the inputs of settled images, unless ``--keep-inputs``."""
-        if self.keep_inputs:
+        if self.keep_inputs or not items:
             return
-        for item in items:
-            try:
-                self.storage.delete(item.task.key)
-            except StorageError as exc:  # the janitor removes it with the job
-                log.warning("input_delete_failed", extra={"key": item.task.key, "error": str(exc)})
+        keys = [item.task.key for item in items]
+        try:
+            self.storage.delete_many(keys)  # one request or one pass per batch
+        except StorageError as exc:  # the janitor removes them with their jobs
+            log.warning("input_delete_failed", extra={"keys": len(keys), "error": str(exc)})
