@@ -14,11 +14,12 @@ import socket
 import sys
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from dlaas.errors import ConfigError, DlaasError
 from dlaas.logs import configure_logging
 from dlaas.model.select import model_spec_from
-from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, WORKER
+from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, URL_SCHEMES, WORKER
 from dlaas.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from dlaas.scaling.controller import Controller
     from dlaas.scaling.launchers.base import Launcher
     from dlaas.storage.base import Storage
+    from dlaas.web.tenancy import Limits
     from dlaas.worker.loop import Worker
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "build_launcher",
     "build_worker",
     "model_spec_from",
+    "open_limits_from",
     "open_queue_from",
     "open_storage_from",
     "run_worker",
@@ -56,6 +59,36 @@ def open_queue_from(settings: Settings) -> Queue:
     from dlaas.queue import open_queue
 
     return open_queue(settings.queue_url, name=settings.queue_name, **settings.queue_options())
+
+
+def open_limits_from(settings: Settings) -> Limits:
+    """The owner limits: in Redis when the replicas share one (``--limits-url``, or the
+    ``redis://`` queue's server), so N replicas enforce one limit; else in this process."""
+    from dlaas.web.tenancy import Limits
+
+    url = settings.limits_url
+    if url is None and urlparse(settings.queue_url).scheme in URL_SCHEMES["limits_url"]:
+        url = settings.queue_url  # the replicas share this Redis already
+    if url is None:
+        return Limits.in_process(
+            settings.rate_limit_per_owner, settings.rate_limit_burst, settings.max_backlog_per_owner
+        )
+    try:
+        from dlaas.web.shared_limits import open_shared_limits
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis":
+            raise
+        raise ConfigError(
+            f"limits URL {url!r} needs the redis client, which is not installed; "
+            "install dlaas[redis] (pip install 'dlaas[redis]')"
+        ) from exc
+    return open_shared_limits(
+        url,
+        namespace=settings.queue_name,
+        rate_per_s=settings.rate_limit_per_owner,
+        burst=settings.rate_limit_burst,
+        max_backlog=settings.max_backlog_per_owner,
+    )
 
 
 def build_controller(settings: Settings, queue: Queue, storage: Storage) -> Controller:

@@ -9,6 +9,7 @@ import threading
 from dlaas.assemble import (
     build_controller,
     model_spec_from,
+    open_limits_from,
     open_queue_from,
     open_storage_from,
 )
@@ -32,8 +33,10 @@ def run_serve(settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     spec = model_spec_from(settings)  # build once here, before any worker starts
     storage = open_storage_from(settings)
+    storage.probe_atomic_create()  # Idempotency-Key claims need it; says so if it fails
     queue = open_queue_from(settings)
     controller = build_controller(settings, queue, storage)
+    limits = open_limits_from(settings)
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
     app = create_app(
@@ -43,6 +46,7 @@ def run_serve(settings: Settings) -> int:
         stats_provider=controller.stats,
         on_enqueued=controller.wake,
         workers_readiness=controller.launcher.readiness,
+        limits=limits,
     )
     config = uvicorn.Config(
         app,
@@ -66,6 +70,7 @@ def run_serve(settings: Settings) -> int:
             "model": spec.name,
             "storage": settings.storage_url,
             "queue": settings.queue_url,
+            "owner_limits": limits.where,
         },
     )
     # uvicorn re-raises the stop signal once it has shut down; with these handlers in
@@ -82,6 +87,7 @@ def run_serve(settings: Settings) -> int:
         if janitor is not None:
             janitor.stop()
         controller.launcher.close()
+        limits.close()
         queue.close()
         storage.close()
     return 0

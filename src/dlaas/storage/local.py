@@ -3,15 +3,17 @@
 A key ``inputs/<job>/<image>`` is the file ``<root>/inputs/<job>/<image>``; the base class
 has already refused any key that could escape the root. Writes go to a temporary file in
 the target directory and are then renamed over the target, which is atomic on POSIX: a
-reader opens either the old file or the new one, never half of one.
+reader opens either the old file or the new one, never half of one. A create-if-absent
+hard-links the finished temporary file instead, which fails if the name is taken.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dlaas.errors import InvalidKey, ObjectNotFound, StorageError
@@ -60,12 +62,41 @@ class LocalStorage(Storage):
         return self.root.joinpath(*key.split("/"))
 
     def _put(self, key: str, data: bytes) -> None:
+        self._retrying("write", key, lambda path: self._write_atomic(path, data, os.replace))
+
+    def _put_if_absent(self, key: str, data: bytes) -> bool:
+        """The whole object is written to a temporary file, then hard-linked to its name:
+        ``link`` fails if the name exists, atomically, between processes too (POSIX), and
+        the object appears complete or not at all."""
+        created = [True]
+
+        def link(temp: Path, path: Path) -> None:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                if path.is_dir():
+                    raise  # a key prefix, not an object: the collision error below
+                created[0] = False
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                raise StorageError(
+                    f"the file system under {self.root} has no hard links, which an atomic "
+                    "create-if-absent needs; put --storage on a local disk, or use s3://"
+                ) from exc
+            finally:
+                temp.unlink(missing_ok=True)
+
+        self._retrying("create", key, lambda path: self._write_atomic(path, data, link))
+        return created[0]
+
+    def _retrying(self, action: str, key: str, write: Callable[[Path], None]) -> None:
         path = self._path(key)
         # A concurrent delete may prune a parent directory between our mkdir and our write;
         # that shows as a missing or "not a directory" path, and a second try succeeds.
         for attempt in range(_PUT_ATTEMPTS):
             try:
-                self._write_atomic(path, data)
+                write(path)
                 return
             except (
                 FileNotFoundError,
@@ -80,9 +111,9 @@ class LocalStorage(Storage):
                         f"cannot write object {key!r}: a key and a key prefix collide on disk; "
                         "use keys that are not prefixes of other keys"
                     ) from exc
-                raise self._error("write", key, exc.errno, exc.strerror) from exc
+                raise self._error(action, key, exc.errno, exc.strerror) from exc
             except OSError as exc:
-                raise self._error("write", key, exc.errno, exc.strerror) from exc
+                raise self._error(action, key, exc.errno, exc.strerror) from exc
 
     def _collides(self, path: Path) -> bool:
         """True if the key is a directory, or one of its parents is a file."""
@@ -90,7 +121,9 @@ class LocalStorage(Storage):
             return True
         return any(parent.is_file() for parent in path.parents if self.root in parent.parents)
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def _write_atomic(self, path: Path, data: bytes, finish: Callable[[Path, Path], None]) -> None:
+        """Write ``data`` to a temporary file beside ``path``, then ``finish(temp, path)``
+        (``os.replace`` to overwrite, a hard link to create only)."""
         # The web tier writes every upload here, so this path is kept to a few syscalls:
         # the parent directory is created only when the first open says it is missing,
         # and the temp name comes from a counter (O_EXCL still guards against a clash).
@@ -110,7 +143,7 @@ class LocalStorage(Storage):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, path)
+            finish(temp, path)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise

@@ -43,6 +43,13 @@ class MemoryStorage(Storage):
         with self._objects.lock:
             self._objects.data[key] = data
 
+    def _put_if_absent(self, key: str, data: bytes) -> bool:
+        with self._objects.lock:
+            if key in self._objects.data:
+                return False
+            self._objects.data[key] = data
+            return True
+
     def _get(self, key: str) -> bytes:
         with self._objects.lock:
             try:

@@ -34,7 +34,7 @@ from dlaas.web.ingest import JobService
 from dlaas.web.lifecycle import Lifecycle
 from dlaas.web.metrics import Metrics
 from dlaas.web.replies import ReplyHub
-from dlaas.web.tenancy import OwnerBacklog
+from dlaas.web.tenancy import Limits
 from dlaas.web.uploads import BacklogGate, UploadReader
 
 log = logging.getLogger("dlaas.web")
@@ -48,14 +48,22 @@ def create_app(
     stats_provider: Callable[[], dict[str, Any]] | None = None,
     on_enqueued: Callable[[], None] | None = None,
     workers_readiness: Callable[[], str] | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """Build the app around already-open backends.
 
     ``stats_provider`` is the controller's ``stats``; ``on_enqueued`` its ``wake``, so an
     idle service starts workers the moment a job arrives rather than at the next tick.
     ``workers_readiness`` is the launcher's ``readiness``: ``/readyz`` waits for it too.
+    ``limits`` are the owner limits shared with other replicas (``dlaas.web.shared_limits``);
+    without them each limit is kept in this process.
     """
-    hub = ReplyHub(queue, storage)
+    hub = ReplyHub(
+        queue,
+        storage,
+        refresh_s=settings.reply_queue_stale_s / 3,
+        stale_after_s=settings.reply_queue_stale_s,
+    )
     metrics = Metrics()
 
     def accepted(n: int) -> None:
@@ -63,7 +71,11 @@ def create_app(
         if on_enqueued is not None:
             on_enqueued()
 
-    owners = OwnerBacklog(settings.max_backlog_per_owner)
+    if limits is None:
+        limits = Limits.in_process(
+            settings.rate_limit_per_owner, settings.rate_limit_burst, settings.max_backlog_per_owner
+        )
+    owners = limits.backlog
     service = JobService(
         storage,
         queue,
@@ -82,6 +94,7 @@ def create_app(
             lifecycle.dispatcher.wake(reply.job_id)  # its webhook may be due now
 
     hub.on_reply = on_reply
+    hub.on_salvaged = owners.observe_reply
     ctx = WebContext(
         settings=settings,
         storage=storage,
@@ -130,7 +143,7 @@ def create_app(
     app.include_router(page.router)
     app.include_router(ops.router)
     app.include_router(v2.health_router)
-    security.install(app, settings)
+    security.install(app, settings, limits.rate)
     return app
 
 

@@ -44,11 +44,11 @@ async def create_job(
     ctx = context(request)
     service = ctx.service
     submit = await Submission.start(request, callback_url, idempotency_key)
-    uploads = await ctx.uploads.many_files(
-        request, "files", max_files=ctx.settings.max_files_per_job
-    )
     rejected: list[dict[str, Any]] = []
     try:
+        uploads = await ctx.uploads.many_files(
+            request, "files", max_files=ctx.settings.max_files_per_job
+        )
         async with service.assembling(request.state.owner) as job:
             for index, upload in enumerate(uploads):
                 try:
@@ -83,6 +83,7 @@ async def create_job(
         return JSONResponse(replay.body, status_code=202)
     finally:
         await request.close()  # removes the spooled upload files
+        await run_in_threadpool(submit.release)
     return JSONResponse(body, status_code=202)
 
 

@@ -8,6 +8,7 @@ completion webhooks (the logic itself is in ``dlaas.lifecycle``).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -21,7 +22,14 @@ from dlaas.errors import WebError
 from dlaas.keys import ANONYMOUS
 from dlaas.lifecycle.catalog import MAX_PAGE, JobCatalog
 from dlaas.lifecycle.guard import WebhookRefused, check_callback
-from dlaas.lifecycle.idempotency import MAX_KEY_LENGTH, FilesDigest, IdempotencyStore
+from dlaas.lifecycle.idempotency import (
+    CLAIM_RETRY_AFTER_S,
+    MAX_KEY_LENGTH,
+    ClaimLost,
+    FilesDigest,
+    IdempotencyStore,
+    record_key,
+)
 from dlaas.lifecycle.status import job_counts, owner_of
 from dlaas.lifecycle.webhooks import (
     WebhookDispatcher,
@@ -88,13 +96,16 @@ class Submission:
     results_base: str = ""
     reply_to: str | None = None
     files: FilesDigest = field(default_factory=FilesDigest)
-    record: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None  # ours, once the job is stored
+    claim_id: str = ""  # our claim on the key, until it becomes ``record``
+    earlier: dict[str, Any] | None = None  # the record of an earlier request with the key
 
     @classmethod
     async def start(
         cls, request: Request, callback_url: str | None, idempotency_key: str | None
     ) -> Submission:
-        """Check the header and the callback before any upload is read (a 4xx at once)."""
+        """Check the header and the callback, and claim the key, before any upload is
+        read (a 4xx at once). The caller must ``release`` the submission in any case."""
         lc = lifecycle(request)
         if idempotency_key is not None and not _KEY.match(idempotency_key):
             raise WebError(
@@ -109,7 +120,22 @@ class Submission:
                 target = await run_in_threadpool(check_callback, callback_url, lc.allow_hosts)
             except WebhookRefused as exc:
                 raise WebError(400, "callback_refused", str(exc)) from None
-        return cls(lc, owner(request), idempotency_key, target, str(request.base_url).rstrip("/"))
+        submit = cls(lc, owner(request), idempotency_key, target, str(request.base_url).rstrip("/"))
+        if idempotency_key is not None:
+            await run_in_threadpool(submit._claim)
+        return submit
+
+    def _claim(self) -> None:
+        assert self.key is not None
+        claim = self.lc.idempotency.claim(self.owner, self.key)
+        if claim.outcome == "in_progress":
+            raise _in_progress(self.key, claim.retry_after_s)
+        self.claim_id, self.earlier = claim.claim_id, claim.record
+
+    def release(self) -> None:
+        """Give the key back if this request ends without having stored its job."""
+        if self.key is not None and self.claim_id and self.record is None:
+            self.lc.idempotency.release(self.owner, self.key, self.claim_id)
 
     def saw(self, filename: str, data: bytes | None) -> None:
         """Every file of the upload, in order (``None``: refused), for "the same files"."""
@@ -120,7 +146,7 @@ class Submission:
         for a retry of an earlier request, WebError 409 for a key reused on other files."""
         store = self.lc.idempotency
         if self.key is not None:
-            earlier = store.lookup(self.owner, self.key)
+            earlier = self.earlier
             if earlier is not None:
                 if earlier["files"] != self.files.hexdigest():
                     raise WebError(
@@ -143,15 +169,33 @@ class Submission:
             )
             job.stored_keys.append(key)
         if self.key is not None:
-            where = store.save(
-                self.owner, self.key, job_id=job.job_id, files=self.files.hexdigest(), body=body
-            )
-            job.stored_keys.append(where)
-            self.record = store.storage.get_json(where)
+            try:
+                self.record = store.save(
+                    self.owner,
+                    self.key,
+                    self.claim_id,
+                    job_id=job.job_id,
+                    files=self.files.hexdigest(),
+                    body=body,
+                )
+            except ClaimLost:
+                self.claim_id = ""  # not ours to release any more
+                raise _in_progress(self.key, CLAIM_RETRY_AFTER_S) from None
+            job.stored_keys.append(record_key(self.owner, self.key))
 
     def after_commit(self) -> None:
         if self.key is not None and self.record is not None:
             self.lc.idempotency.mark_enqueued(self.owner, self.key, self.record)
+
+
+def _in_progress(key: str, retry_after_s: float) -> WebError:
+    return WebError(
+        409,
+        "idempotency_request_in_progress",
+        f"a request with Idempotency-Key {key!r} is still in progress; retry after "
+        f"{retry_after_s:g} s to get its answer",
+        headers={"Retry-After": str(max(1, math.ceil(retry_after_s)))},
+    )
 
 
 @router.get("/v1/jobs")

@@ -33,15 +33,10 @@ def open_keyring(settings: Settings) -> KeyRing | None:
     return KeyRing(settings.api_keys_file, on_reload=reloaded, on_error=failed)
 
 
-def install(app: FastAPI, settings: Settings) -> None:
+def install(app: FastAPI, settings: Settings, limiter: RateLimiter | None = None) -> None:
     """Add the auth and docs routes and the middleware: headers outermost, then CORS, then
     auth, so that refusals carry the headers too and CORS preflights need no key."""
     keys = open_keyring(settings)
-    limiter = (
-        RateLimiter(settings.rate_limit_per_owner, settings.rate_limit_burst)
-        if settings.rate_limit_per_owner is not None
-        else None
-    )
     app.include_router(auth.router)
     app.include_router(docs.router)
     docs.install_openapi(app, keys_on=keys is not None)
