@@ -35,7 +35,9 @@ def _new_temp_prefix() -> None:
 
 _new_temp_prefix()
 os.register_at_fork(after_in_child=_new_temp_prefix)
-_PUT_ATTEMPTS = 5
+# A put races deletes that prune its emptied directory; each lost race costs one mkdir, and
+# under heavy contention five in a row were seen lost (4 threads churning one directory).
+_PUT_ATTEMPTS = 20
 
 
 class LocalStorage(Storage):
