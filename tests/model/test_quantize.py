@@ -3,10 +3,14 @@ to fp32 on real photos. The speed and the agreement figures are bench/int8.py's 
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import json
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -55,7 +59,7 @@ def test_the_int8_build_is_smaller_and_records_its_recipe(
     calibration = manifest["calibration"]
     assert isinstance(calibration, dict)
     assert calibration["samples"] == CALIBRATION_COUNT
-    assert "scikit-image" in str(calibration["photos"])
+    assert calibration["photos"] == "the 7 public-domain photos that ship with dlaas"
     assert float(calibration["fp32_agreement"]) >= 0.8
     assert not list(int8_cache.glob(f".{INT8_NAME}-*"))  # no staging left behind
 
@@ -102,6 +106,38 @@ def test_a_damaged_int8_model_is_rebuilt(int8_cache: Path, tmp_path: Path) -> No
     Classifier(spec)  # loads
 
 
+class _NoScikitImage(importlib.abc.MetaPathFinder):
+    """Makes ``import skimage`` fail, as in an environment with only the runtime install."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.partition(".")[0] == "skimage":
+            raise ModuleNotFoundError(f"No module named {fullname!r} (blocked)", name=fullname)
+        return None
+
+
+def test_the_int8_build_needs_no_scikit_image(
+    model_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given scikit-image cannot be imported, and no --calibration-dir
+    monkeypatch.setattr(sys, "meta_path", [_NoScikitImage(), *sys.meta_path])
+    for name in [m for m in sys.modules if m.partition(".")[0] == "skimage"]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ModuleNotFoundError):
+        import skimage  # noqa: F401
+    cache = tmp_path / "cache"
+    shutil.copytree(model_cache_dir / MODEL_NAME, cache / MODEL_NAME)
+
+    spec = ensure_quantized_model(cache, calibration_count=8)
+
+    calibration = _manifest(cache)["calibration"]
+    assert isinstance(calibration, dict)
+    assert calibration["photos"] == "the 7 public-domain photos that ship with dlaas"
+    assert calibration["photo_count"] == 7
+    assert Classifier(spec).logits(np.zeros((1, 3, 224, 224), np.float32)).shape == (1, 1000)
+
+
 def test_a_calibration_folder_is_used_and_its_changes_trigger_a_rebuild(
     int8_cache: Path, tmp_path: Path
 ) -> None:
@@ -129,7 +165,7 @@ def test_calibration_folders_that_cannot_serve_say_what_to_do(tmp_path: Path) ->
     with pytest.raises(ModelError, match=r"does not exist.*--calibration-dir"):
         find_calibration_photos(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelError, match=r"holds no images.*scikit-image"):
+    with pytest.raises(ModelError, match=r"holds no images.*photos that ship with dlaas"):
         find_calibration_photos(tmp_path / "empty")
 
 
