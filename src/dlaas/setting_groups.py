@@ -60,9 +60,11 @@ REMOTE_WORKER = (
     "visibility_timeout_s", "max_receives", "intra_op_threads", "keep_inputs",
 )  # fmt: skip
 
-# --model names that dlaas builds itself (dlaas.model.cache and dlaas.model.quantize);
-# any other value is the path of the user's own ONNX file.
-BUILTIN_MODELS = ("efficientnet-lite0", "efficientnet-lite0-int8")
+# --model names that dlaas builds itself (dlaas.model.builtin and dlaas.model.quantize; a
+# test keeps the lists in step); any other value is the path of the user's own ONNX file.
+BUILTIN_MODELS = (
+    "efficientnet-lite0", "efficientnet-lite0-int8", "efficientnet-lite1", "efficientnet-lite2",
+)  # fmt: skip
 
 RGB = tuple[float, float, float]
 

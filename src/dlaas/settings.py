@@ -148,8 +148,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="model cache (default <data-dir>/models)")
     model: str | None = Field(
         None,
-        description="efficientnet-lite0 (the default), efficientnet-lite0-int8, or the path of"
-        " your own ONNX classifier (with --labels)",
+        description="efficientnet-lite0 (the default), efficientnet-lite0-int8,"
+        " efficientnet-lite1, efficientnet-lite2, or the path of your own ONNX classifier"
+        " (with --labels)",
     )
     labels: Path | None = Field(
         None, description="labels file for your own --model file, one class per line"
@@ -157,7 +158,7 @@ class Settings(BaseSettings):
     calibration_dir: Path | None = Field(
         None,
         description="efficientnet-lite0-int8: photos to calibrate on when it is built"
-        " (default: scikit-image's sample photos, if it is installed)",
+        " (default: the seven public-domain photos dlaas ships)",
     )
     input_size: int = Field(224, gt=0, description="--model preprocessing: crop size")
     resize_size: int = Field(
