@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -78,7 +81,12 @@ def bare_best(model_dir: Path, images: list[bytes], processes: int) -> tuple[Bar
 
 @contextmanager
 def peer_process(name: str, model_dir: Path, log_path: Path) -> Iterator[tuple[int, int]]:
-    """A peer in its own process; yields (pid, port) once it answers."""
+    """A peer in a process group of its own; yields (pid, port) once it answers.
+
+    The whole group is stopped after: LitServe's inference workers and HTTP servers are
+    children of the root, and would otherwise outlive it, spinning on the CPU through
+    every later measurement.
+    """
     from tests.support import free_port
 
     port = free_port()
@@ -88,26 +96,44 @@ def peer_process(name: str, model_dir: Path, log_path: Path) -> Iterator[tuple[i
             [sys.executable, str(script), "--port", str(port), "--model-dir", str(model_dir)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 120
-            url = f"http://127.0.0.1:{port}{PEER_READY[name]}"
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the {name} peer did not start:\n{log_path.read_text()}")
-                try:
-                    if httpx.get(url, timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
+            _wait_until_answering(name, proc, port, log_path)
             yield proc.pid, port
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
+
+
+def _wait_until_answering(name: str, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    url = f"http://127.0.0.1:{port}{PEER_READY[name]}"
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the {name} peer did not start:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the peer's whole process group, SIGKILL to what is left after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone of the group still there?
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @contextmanager

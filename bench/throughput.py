@@ -228,10 +228,8 @@ def _report_cpu(rounds: list[dict[str, Measure]], out: dict[str, Any], n: int) -
         total = sum(per.values())
         if system == "peer":
             text = f"app {per['web']:.1f}, client {per['client']:.1f}"
-        elif system == "litserve":
-            text = (
-                f"http {per['web']:.1f}, workers {per['workers']:.1f}, client {per['client']:.1f}"
-            )
+        elif system == "litserve":  # its HTTP servers and workers are all children
+            text = f"all processes {per['web'] + per['workers']:.1f}, client {per['client']:.1f}"
         else:
             text = (
                 f"web tier {per['web']:.1f}, workers {per['workers']:.1f}, "

@@ -14,12 +14,13 @@ import socket
 import sys
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from dlaas.errors import ConfigError, DlaasError
 from dlaas.jobs.messages import Progress, Reply
 from dlaas.logs import configure_logging
 from dlaas.model.select import model_spec_from
-from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, WORKER
+from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, URL_SCHEMES, WORKER
 from dlaas.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -29,13 +30,15 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from dlaas.aws.protection import ScaleInProtection
+    from dlaas.jobs.store import JobStore
     from dlaas.lifecycle.webhooks import WebhookDispatcher
     from dlaas.queue.base import Queue
     from dlaas.scaling.controller import Controller
     from dlaas.scaling.launchers.base import Launcher
     from dlaas.storage.base import Storage
     from dlaas.web.metrics import Metrics
-    from dlaas.web.security.tenancy import OwnerBacklog
+    from dlaas.web.replies import ReplyHub
+    from dlaas.web.security.tenancy import Limits, OwnerBacklog
     from dlaas.worker import Worker
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "build_launcher",
     "build_worker",
     "model_spec_from",
+    "open_limits_from",
     "open_queue_from",
     "open_storage_from",
     "run_worker",
@@ -76,28 +80,28 @@ def build_app(
     stats_provider: Callable[[], dict[str, Any]] | None = None,
     on_enqueued: Callable[[], None] | None = None,
     workers_readiness: Callable[[], str] | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """The web app around already-open backends, every part built here once:
     ``stats_provider`` is the controller's ``stats``; ``on_enqueued`` its ``wake`` (an
     idle service starts workers the moment a job arrives); ``workers_readiness`` the
-    launcher's ``readiness``, which ``/readyz`` waits for too."""
+    launcher's ``readiness``, which ``/readyz`` waits for too; ``limits`` the owner limits
+    shared with other replicas (``open_limits_from``), else kept in this process."""
     from dlaas.jobs.idempotency import IdempotencyStore
     from dlaas.jobs.store import JobStore
     from dlaas.lifecycle.webhooks import build_dispatcher, webhooks_allowed
     from dlaas.web import WebContext, create_app
     from dlaas.web.ingest import Ingest
     from dlaas.web.metrics import Metrics
-    from dlaas.web.replies import ReplyHub
-    from dlaas.web.security import open_keyring, rate_limiter
-    from dlaas.web.security.tenancy import OwnerBacklog
+    from dlaas.web.security import open_keyring
     from dlaas.web.uploads import BacklogGate, UploadReader
     from dlaas.web.v2.model import ServedModel
 
     jobs = JobStore(storage, queue)
     metrics = Metrics()
-    owners = OwnerBacklog(settings.max_backlog_per_owner)
-    dispatcher = build_dispatcher(settings, jobs)
-    (hub := ReplyHub(jobs)).on_reply = _reply_hook(metrics, owners, dispatcher)
+    limits = limits or _in_process_limits(settings)
+    owners, dispatcher = limits.backlog, build_dispatcher(settings, jobs)
+    hub = _reply_hub(settings, jobs, metrics, owners, dispatcher)
 
     def accepted(n: int) -> None:
         metrics.images_accepted(n)
@@ -121,7 +125,7 @@ def build_app(
         idempotency=IdempotencyStore(jobs),
         served=ServedModel.from_settings(settings),
         keys=open_keyring(settings),
-        limiter=rate_limiter(settings),
+        limiter=limits.rate,
         allow_hosts=webhooks_allowed(settings),
         dispatcher=dispatcher,
         stats_provider=stats_provider,
@@ -130,11 +134,20 @@ def build_app(
     return create_app(ctx)
 
 
-def _reply_hook(
-    metrics: Metrics, owners: OwnerBacklog, dispatcher: WebhookDispatcher | None
-) -> Callable[[Reply], None]:
-    """What every reply to this web process updates: metrics, the owner's backlog, and
-    the job's webhook, which may be due now."""
+def _reply_hub(
+    settings: Settings,
+    jobs: JobStore,
+    metrics: Metrics,
+    owners: OwnerBacklog,
+    dispatcher: WebhookDispatcher | None,
+) -> ReplyHub:
+    """This web process's reply queue. Every reply to it updates metrics, the owner's
+    backlog, and the job's webhook, which may be due now; a final reply salvaged from a
+    dead replica's queue releases its owner's backlog too."""
+    from dlaas.web.replies import ReplyHub
+
+    stale_s = settings.reply_queue_stale_s
+    hub = ReplyHub(jobs, refresh_s=stale_s / 3, stale_after_s=stale_s)
 
     def on_reply(reply: Reply) -> None:
         metrics.observe_reply(reply)
@@ -142,7 +155,43 @@ def _reply_hook(
         if dispatcher is not None and not isinstance(reply, Progress):
             dispatcher.wake(reply.job_id)
 
-    return on_reply
+    hub.on_reply = on_reply
+    hub.on_salvaged = owners.observe_reply
+    return hub
+
+
+def _in_process_limits(settings: Settings) -> Limits:
+    from dlaas.web.security.tenancy import Limits
+
+    return Limits.in_process(
+        settings.rate_limit_per_owner, settings.rate_limit_burst, settings.max_backlog_per_owner
+    )
+
+
+def open_limits_from(settings: Settings) -> Limits:
+    """The owner limits: in Redis when the replicas share one (``--limits-url``, or the
+    ``redis://`` queue's server), so N replicas enforce one limit; else in this process."""
+    url = settings.limits_url
+    if url is None and urlparse(settings.queue_url).scheme in URL_SCHEMES["limits_url"]:
+        url = settings.queue_url  # the replicas share this Redis already
+    if url is None:
+        return _in_process_limits(settings)
+    try:
+        from dlaas.web.security.shared_limits import open_shared_limits
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis":
+            raise
+        raise ConfigError(
+            f"limits URL {url!r} needs the redis client, which is not installed; "
+            "install dlaas[redis] (pip install 'dlaas[redis]')"
+        ) from exc
+    return open_shared_limits(
+        url,
+        namespace=settings.queue_name,
+        rate_per_s=settings.rate_limit_per_owner,
+        burst=settings.rate_limit_burst,
+        max_backlog=settings.max_backlog_per_owner,
+    )
 
 
 def build_controller(settings: Settings, queue: Queue, storage: Storage) -> Controller:

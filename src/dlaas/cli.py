@@ -15,7 +15,7 @@ from typing import Any
 from dlaas import __version__
 from dlaas.client_jobs import add_jobs_parser
 from dlaas.errors import ConfigError, DlaasError
-from dlaas.setting_groups import GROUPS
+from dlaas.setting_groups import BUILTIN_MODELS, GROUPS
 from dlaas.settings import Settings, load_settings
 
 
@@ -109,13 +109,18 @@ def _add_model_parser(sub: Any) -> None:
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     build = model_sub.add_parser(
         "build",
-        help="convert EfficientNet-Lite0 to ONNX (no torch); --quantize int8 also builds the"
+        help="convert a built-in model to ONNX (no torch); --quantize int8 also builds the"
         " int8 model",
-        description="Build the model named by --model (default efficientnet-lite0) into the"
-        " model cache, unless a valid build is there. --quantize int8 builds"
-        " efficientnet-lite0-int8: the fp32 model, then ONNX Runtime static quantization"
-        " calibrated on --calibration-dir or scikit-image's sample photos. Nothing is downloaded.",
+        description="Build the built-in model NAME (or the one --model names; default"
+        " efficientnet-lite0) into its own folder of the model cache (--model-dir), unless a"
+        " valid build is there. efficientnet-lite0-int8 (or --quantize int8) is the fp32"
+        " model, then ONNX Runtime static quantization calibrated on --calibration-dir or the"
+        " photos that ship with dlaas. Nothing is downloaded.",
     )
+    build.add_argument(
+        "name", nargs="?", default=None, choices=BUILTIN_MODELS, metavar="NAME",
+        help=f"the built-in model to build: {', '.join(BUILTIN_MODELS)}",
+    )  # fmt: skip
     _add_settings_flags(build, ["storage and queue", "model"])
     build.add_argument(
         "--quantize",
@@ -192,17 +197,38 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "model":
         from dlaas.assemble import model_spec_from
 
-        if args.quantize == "int8":
-            if settings.model_path is not None:
-                raise ConfigError(
-                    f"--quantize int8 quantizes EfficientNet-Lite0, not {settings.model_path};"
-                    " leave out --model, or --quantize"
-                )
-            settings = settings.model_copy(update={"model": "efficientnet-lite0-int8"})
+        name = _model_to_build(args.name, args.model, args.quantize, settings)
+        if name is not None:
+            settings = settings.model_copy(update={"model": name})
         spec = model_spec_from(settings, force=args.force)
         print(f"model {spec.name} ready at {spec.onnx_path}")
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _model_to_build(
+    name: str | None, flag: str | None, quantize: str | None, settings: Settings
+) -> str | None:
+    """The built-in model ``dlaas model build`` was asked for; None leaves --model (or
+    DLAAS_MODEL) as given. NAME wins over DLAAS_MODEL but must agree with --model."""
+    if name is not None and flag is not None and flag != name:
+        raise ConfigError(
+            f"dlaas model build {name} --model {flag}: name the model once, as NAME or as --model"
+        )
+    if quantize != "int8":
+        return name
+    if name is None and settings.model_path is not None:
+        raise ConfigError(
+            f"--quantize int8 quantizes EfficientNet-Lite0, not {settings.model_path};"
+            " leave out --model, or --quantize"
+        )
+    wanted = name or settings.model
+    if wanted not in (None, "efficientnet-lite0", "efficientnet-lite0-int8"):
+        raise ConfigError(
+            f"--quantize int8 builds efficientnet-lite0-int8 only, not an int8 {wanted};"
+            " leave out --quantize, or build efficientnet-lite0-int8"
+        )
+    return "efficientnet-lite0-int8"
 
 
 def _api_key(args: argparse.Namespace) -> str | None:

@@ -10,9 +10,11 @@ from dlaas.assemble import (
     build_app,
     build_controller,
     model_spec_from,
+    open_limits_from,
     open_queue_from,
     open_storage_from,
 )
+from dlaas.jobs import layout
 from dlaas.jobs.store import JobStore
 from dlaas.lifecycle.janitor import Janitor
 from dlaas.lifecycle.webhooks import build_dispatcher
@@ -33,8 +35,11 @@ def run_serve(settings: Settings) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     spec = model_spec_from(settings)  # build once here, before any worker starts
     storage = open_storage_from(settings)
+    # Idempotency-Key claims need an atomic create-if-absent; says so if the store lacks it.
+    storage.probe_atomic_create(layout.probe_key())
     queue = open_queue_from(settings)
     controller = build_controller(settings, queue, storage)
+    limits = open_limits_from(settings)
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
     app = build_app(
@@ -44,6 +49,7 @@ def run_serve(settings: Settings) -> int:
         stats_provider=controller.stats,
         on_enqueued=controller.wake,
         workers_readiness=controller.launcher.readiness,
+        limits=limits,
     )
     server = uvicorn.Server(
         uvicorn.Config(
@@ -55,7 +61,7 @@ def run_serve(settings: Settings) -> int:
             timeout_graceful_shutdown=5,
         )
     )
-    _log_serving(settings, spec.name)
+    _log_serving(settings, spec.name, limits.where)
     # uvicorn re-raises the stop signal once it has shut down; with these handlers in
     # place that lands here instead of killing the process before workers are drained.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -70,12 +76,13 @@ def run_serve(settings: Settings) -> int:
         if janitor is not None:
             janitor.stop()
         controller.launcher.close()
+        limits.close()
         queue.close()
         storage.close()
     return 0
 
 
-def _log_serving(settings: Settings, model: str) -> None:
+def _log_serving(settings: Settings, model: str, owner_limits: str) -> None:
     bounds = (
         f"fixed, {settings.workers} workers"
         if settings.workers is not None
@@ -89,6 +96,7 @@ def _log_serving(settings: Settings, model: str) -> None:
             "model": model,
             "storage": settings.storage_url,
             "queue": settings.queue_url,
+            "owner_limits": owner_limits,
         },
     )
 

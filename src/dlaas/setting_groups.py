@@ -19,7 +19,7 @@ WORKER = (
 )  # fmt: skip
 WEB = (
     "host", "port", "max_upload_mb", "max_pixels", "max_files_per_job", "max_backlog",
-    "classify_timeout_s",
+    "classify_timeout_s", "reply_queue_stale_s",
 )  # fmt: skip
 SCALING = (
     "workers", "min_workers", "max_workers", "target_backlog_per_worker", "upscale_delay_s",
@@ -28,7 +28,7 @@ SCALING = (
 
 SECURITY = (
     "api_keys_file", "allow_anonymous", "rate_limit_per_owner", "rate_limit_burst",
-    "max_backlog_per_owner", "cors_origins",
+    "max_backlog_per_owner", "cors_origins", "limits_url",
 )  # fmt: skip
 
 AWS = (
@@ -60,11 +60,15 @@ REMOTE_WORKER = (
     "visibility_timeout_s", "max_receives", "intra_op_threads", "keep_inputs",
 )  # fmt: skip
 
-# --model names that dlaas builds itself (dlaas.model.cache and dlaas.model.quantize);
-# any other value is the path of the user's own ONNX file.
-BUILTIN_MODELS = ("efficientnet-lite0", "efficientnet-lite0-int8")
+# --model names that dlaas builds itself (dlaas.model.builtin and dlaas.model.quantize; a
+# test keeps the lists in step); any other value is the path of the user's own ONNX file.
+BUILTIN_MODELS = (
+    "efficientnet-lite0", "efficientnet-lite0-int8", "efficientnet-lite1", "efficientnet-lite2",
+)  # fmt: skip
 
 RGB = tuple[float, float, float]
 
 STORAGE_SCHEMES = ("file", "memory", "s3")
 QUEUE_SCHEMES = ("sqlite", "memory", "sqs", "https", "redis", "rediss")
+LIMITS_SCHEMES = ("redis", "rediss")
+URL_SCHEMES = {"storage": STORAGE_SCHEMES, "queue": QUEUE_SCHEMES, "limits_url": LIMITS_SCHEMES}

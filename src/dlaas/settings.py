@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
+import pydantic
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -23,7 +24,7 @@ from dlaas.defaults import (
     cpu_count,
 )
 from dlaas.errors import ConfigError
-from dlaas.setting_groups import BUILTIN_MODELS, QUEUE_SCHEMES, RGB, STORAGE_SCHEMES
+from dlaas.setting_groups import BUILTIN_MODELS, RGB, URL_SCHEMES
 
 
 class Settings(BaseSettings):
@@ -70,6 +71,9 @@ class Settings(BaseSettings):
     classify_timeout_s: float = Field(
         30.0, gt=0, description="default wait of the synchronous endpoints"
     )
+    reply_queue_stale_s: float = Field(
+        90.0, gt=0, description="a replica silent this long is dead: another clears its replies"
+    )
 
     # Security and tenancy (docs/security.md).
     api_keys_file: Path | None = Field(
@@ -97,7 +101,11 @@ class Settings(BaseSettings):
         description="comma-separated origins allowed to call the API from a browser"
         " (default: none, CORS off)",
     )
-
+    limits_url: str | None = Field(
+        None,
+        description="redis:// URL where all web replicas keep the owner limits (default:"
+        " the redis:// queue's server; else per process)",
+    )
     # Workers.
     workers: int | None = Field(
         None, ge=0, description="fixed (non-elastic) mode: run exactly N local workers"
@@ -140,8 +148,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="model cache (default <data-dir>/models)")
     model: str | None = Field(
         None,
-        description="efficientnet-lite0 (the default), efficientnet-lite0-int8, or the path of"
-        " your own ONNX classifier (with --labels)",
+        description="efficientnet-lite0 (the default), efficientnet-lite0-int8,"
+        " efficientnet-lite1, efficientnet-lite2, or the path of your own ONNX classifier"
+        " (with --labels)",
     )
     labels: Path | None = Field(
         None, description="labels file for your own --model file, one class per line"
@@ -149,7 +158,7 @@ class Settings(BaseSettings):
     calibration_dir: Path | None = Field(
         None,
         description="efficientnet-lite0-int8: photos to calibrate on when it is built"
-        " (default: scikit-image's sample photos, if it is installed)",
+        " (default: the seven public-domain photos dlaas ships)",
     )
     input_size: int = Field(224, gt=0, description="--model preprocessing: crop size")
     resize_size: int = Field(
@@ -267,15 +276,11 @@ class Settings(BaseSettings):
     def _per_second(cls, value: object) -> object:
         return value.strip().removesuffix("/s") if isinstance(value, str) else value
 
-    @field_validator("storage")
+    @field_validator("storage", "queue", "limits_url")
     @classmethod
-    def _storage_url(cls, value: str | None) -> str | None:
-        return _check_scheme(value, STORAGE_SCHEMES, "storage")
-
-    @field_validator("queue")
-    @classmethod
-    def _queue_url(cls, value: str | None) -> str | None:
-        return _check_scheme(value, QUEUE_SCHEMES, "queue")
+    def _url_scheme(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
+        field = str(info.field_name)
+        return _check_scheme(value, URL_SCHEMES[field], field.removesuffix("_url"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

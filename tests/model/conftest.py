@@ -1,7 +1,8 @@
-"""Fixtures for the model tests: the real EfficientNet-Lite0, built once per session."""
+"""Fixtures for the model tests: the real built-in models, each built once per session."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,3 +19,10 @@ def lite0_spec(model_cache_dir: Path) -> ModelSpec:
 @pytest.fixture(scope="session")
 def lite0(lite0_spec: ModelSpec) -> Classifier:
     return Classifier(lite0_spec)
+
+
+@pytest.fixture(scope="session")
+def builtin_spec(model_cache_dir: Path) -> Callable[[str], ModelSpec]:
+    """``builtin_spec("efficientnet-lite1")``: that model, built on first use (about 1 s)
+    into the session's model cache beside Lite0."""
+    return lambda name: ensure_model(model_cache_dir, name)

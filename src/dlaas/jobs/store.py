@@ -135,6 +135,11 @@ class JobStore:
         self.storage.put_json(key, record)
         job.stored_keys.append(key)
 
+    def create_record(self, key: str, record: object) -> bool:
+        """Store ``record`` at ``key`` only if nothing is there (``put_if_absent``): of
+        racing writers on any process sharing the store, exactly one gets True."""
+        return self.storage.put_json_if_absent(key, record)
+
     def remember_owner(self, job: PendingJob) -> None:
         """Index the job under its owner; without API keys the list is every job."""
         if job.owner != ANONYMOUS:

@@ -24,9 +24,9 @@ from dlaas.jobs.records import (
     RecordError,
     as_cancel_marker,
     as_health,
-    as_idempotency,
     as_lease,
     as_manifest,
+    idempotency_created_at,
 )
 from dlaas.storage.base import Storage
 
@@ -148,14 +148,14 @@ class Janitor:
         )
         old = []
         for key in self.storage.list(layout.IDEMPOTENCY):
-            try:
-                record = as_idempotency(self.storage.get_json(key))
+            try:  # a claim, a record or a takeover marker: each says when it was made
+                created_at = idempotency_created_at(self.storage.get_json(key))
             except ObjectNotFound:
                 continue
             except RecordError:  # not a record this version reads: nobody ever will
                 old.append(key)
                 continue
-            if record.get("created_at", 0.0) < now - ttl:
+            if created_at < now - ttl:
                 old.append(key)
         return old
 

@@ -1,8 +1,9 @@
-"""Image classification: EfficientNet-Lite0 built offline from its weights, run by ONNX Runtime.
+"""Image classification: EfficientNet-Lite0, -Lite1 and -Lite2 built offline from their
+weights, run by ONNX Runtime.
 
-``ensure_model`` converts the weights once into a cache directory, ``ensure_quantized_model``
-derives the int8 model from that build; ``Classifier`` decodes images and scores batches.
-See docs/model.md.
+``ensure_model`` converts a built-in model's weights once into its folder of a cache
+directory, ``ensure_quantized_model`` derives the int8 Lite0 from Lite0's build;
+``Classifier`` decodes images and scores batches. See docs/model.md.
 """
 
 from dlaas.model.cache import ensure_model

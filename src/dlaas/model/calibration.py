@@ -1,19 +1,18 @@
-"""Photos to calibrate the int8 model on: a folder the user gives, or scikit-image's samples.
+"""Photos to calibrate the int8 model on: a folder the user gives, or the seven dlaas ships.
 
-None of dlaas's runtime dependencies ships photos, and nothing is downloaded: without
-``--calibration-dir`` the build uses the sample photos inside an installed scikit-image
-(a test dependency), and says what to do when neither is there. A few photos go a long
-way: random crops and flips of each, prepared exactly as serving prepares uploads.
+Nothing is downloaded and no extra package is needed: without ``--calibration-dir`` the
+build uses ``calibration_photos/`` inside this package, seven public-domain camera photos
+(460 KB; their sources and licences are in its NOTICE.txt). A few photos go a long way:
+random crops and flips of each, prepared exactly as serving prepares uploads.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import logging
 from dataclasses import dataclass
-from importlib import metadata
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,10 @@ from dlaas.model.spec import Preprocessing
 log = logging.getLogger("dlaas.model")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-# The camera photos among scikit-image's bundled data (the rest are drawings and textures).
-SKIMAGE_PHOTOS = (
-    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-    "motorcycle_right.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png",
-)  # fmt: skip
+BUNDLED_FOLDER = "calibration_photos"  # in this package; package data in pyproject.toml
 NO_PHOTOS_HINT = (
     "pass --calibration-dir DIR, a folder of 20 to 200 of your own photos (JPEG, PNG), or "
-    "install scikit-image (pip install scikit-image) to use its sample photos; nothing is "
-    "downloaded"
+    "leave --calibration-dir out to use the photos that ship with dlaas"
 )
 
 
@@ -55,7 +49,7 @@ class CalibrationSource:
 
 
 def find_calibration_photos(directory: Path | None) -> CalibrationSource:
-    """The photos in ``directory`` (searched recursively), or scikit-image's if installed."""
+    """The photos in ``directory`` (searched recursively), or, without one, dlaas's own."""
     if directory is not None:
         directory = Path(directory)
         if not directory.is_dir():
@@ -64,24 +58,19 @@ def find_calibration_photos(directory: Path | None) -> CalibrationSource:
         if not paths:
             raise ModelError(f"calibration folder {directory} holds no images; {NO_PHOTOS_HINT}")
         return CalibrationSource(str(directory.resolve()), paths)
-    bundled = skimage_photos()
-    if bundled is None:
-        raise ModelError(f"no photos to calibrate the int8 model on: {NO_PHOTOS_HINT}")
-    return bundled
+    return bundled_photos()
 
 
-def skimage_photos() -> CalibrationSource | None:
-    """scikit-image's bundled camera photos, found without importing it; None if absent."""
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    paths = tuple(data / name for name in SKIMAGE_PHOTOS if (data / name).is_file())
+def bundled_photos() -> CalibrationSource:
+    """The public-domain photos installed with dlaas (``calibration_photos/``)."""
+    folder = Path(str(resources.files("dlaas.model").joinpath(BUNDLED_FOLDER)))
+    paths = tuple(sorted(folder.glob("*.jpg")))
     if not paths:
-        return None
-    return CalibrationSource(
-        f"scikit-image {metadata.version('scikit-image')} sample photos", paths
-    )
+        raise ModelError(
+            f"the calibration photos that ship with dlaas are missing from {folder}; "
+            "reinstall dlaas, or pass --calibration-dir DIR, a folder of your own photos"
+        )
+    return CalibrationSource(f"the {len(paths)} public-domain photos that ship with dlaas", paths)
 
 
 def calibration_inputs(

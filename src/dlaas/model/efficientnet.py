@@ -1,12 +1,12 @@
-"""EfficientNet-Lite0 as an ONNX graph, from a state dict of numpy arrays.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 as ONNX graphs, from state dicts of numpy arrays.
 
 Mirrors the reference (PyPI ``efficientnet-lite-pytorch==0.1.0``) op for op:
 
-- TensorFlow "SAME" padding, computed statically for a 224x224 input (extra pixel at the
-  end when the total is odd);
+- TensorFlow "SAME" padding, computed statically for the variant's input size (extra
+  pixel at the end when the total is odd);
 - batch norm with eps 1e-3, folded here into the preceding convolution;
 - ReLU6 after every convolution except a block's projection; no squeeze-and-excitation;
-- stem (32 channels) and head (1280 channels) not scaled, as for every Lite variant;
+- the blocks of ``lite.py``: Lite0's, scaled by the variant's width and depth;
 - a residual add when a block keeps its stride at 1 and its channel count;
 - global average pooling, then the linear classifier (dropout is off at inference).
 
@@ -15,47 +15,19 @@ The output is the logits; the classifier applies the softmax.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dlaas.errors import ModelError
+from dlaas.model.lite import HEAD_CHANNELS, LITE0, STEM_CHANNELS, LiteVariant, Stage
 
 OPSET = 17
 IR_VERSION = 8  # the IR that goes with opset 17; readable by every supported onnxruntime
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-INPUT_SIZE = 224
 NUM_CLASSES = 1000
 BN_EPSILON = 1e-3
-STEM_CHANNELS = 32
-HEAD_CHANNELS = 1280
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A run of MBConv blocks: only the first one strides and changes the channel count."""
-
-    repeats: int
-    kernel: int
-    stride: int
-    expand_ratio: int
-    in_channels: int
-    out_channels: int
-
-
-# efficientnet_lite_builder's block strings for width 1.0, depth 1.0 ("r1_k3_s11_e1_i32_o16", ...)
-LITE0_STAGES = (
-    Stage(1, 3, 1, 1, 32, 16),
-    Stage(2, 3, 2, 6, 16, 24),
-    Stage(2, 5, 2, 6, 24, 40),
-    Stage(3, 3, 2, 6, 40, 80),
-    Stage(3, 5, 1, 6, 80, 112),
-    Stage(4, 5, 2, 6, 112, 192),
-    Stage(1, 3, 1, 6, 192, 320),
-)
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
@@ -68,8 +40,9 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
 class _GraphBuilder:
     """Accumulates nodes and folded initializers; tracks which weights were used."""
 
-    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+    def __init__(self, weights: dict[str, np.ndarray], model: str = LITE0.title) -> None:
         self.weights = weights
+        self.model = model
         self.used: set[str] = set()
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -78,10 +51,12 @@ class _GraphBuilder:
 
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         if name not in self.weights:
-            raise ModelError(f"weights file lacks {name}; is it an EfficientNet-Lite0 state dict?")
+            raise ModelError(f"weights file lacks {name}; is it an {self.model} state dict?")
         array = self.weights[name]
         if array.shape != shape:
-            raise ModelError(f"weights tensor {name} has shape {array.shape}, expected {shape}")
+            raise ModelError(
+                f"weights tensor {name} has shape {array.shape}, expected {shape} for {self.model}"
+            )
         self.used.add(name)
         return array.astype(np.float64)
 
@@ -170,21 +145,25 @@ class _GraphBuilder:
         return y, out_size
 
 
-def build_efficientnet_lite0(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """The full graph, input ``[batch, 3, 224, 224]`` (NCHW) to logits ``[batch, 1000]``."""
-    g = _GraphBuilder(weights)
+def build_efficientnet_lite(
+    weights: dict[str, np.ndarray], variant: LiteVariant = LITE0
+) -> onnx.ModelProto:
+    """The full graph, input ``[batch, 3, size, size]`` (NCHW) to logits ``[batch, 1000]``,
+    where ``size`` is the variant's input size (224 for Lite0)."""
+    g = _GraphBuilder(weights, variant.title)
     x, size = g.conv_bn(
         INPUT_NAME, "_conv_stem", "_bn0",
-        in_channels=3, out_channels=STEM_CHANNELS, kernel=3, stride=2, size=INPUT_SIZE,
+        in_channels=3, out_channels=STEM_CHANNELS, kernel=3, stride=2, size=variant.input_size,
     )  # fmt: skip
     index = 0
-    for stage in LITE0_STAGES:
+    stages = variant.stages
+    for stage in stages:
         for repeat in range(stage.repeats):
             x, size = g.mbconv(x, index, stage, first=repeat == 0, size=size)
             index += 1
     x, size = g.conv_bn(
         x, "_conv_head", "_bn1",
-        in_channels=LITE0_STAGES[-1].out_channels, out_channels=HEAD_CHANNELS,
+        in_channels=stages[-1].out_channels, out_channels=HEAD_CHANNELS,
         kernel=1, stride=1, size=size,
     )  # fmt: skip
     g.nodes.append(helper.make_node("GlobalAveragePool", [x], ["pooled"], name="pool"))
@@ -204,17 +183,14 @@ def build_efficientnet_lite0(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     unused = sorted(set(weights) - g.used)
     if unused:
         raise ModelError(
-            f"weights file has tensors EfficientNet-Lite0 does not use: {', '.join(unused[:5])}"
+            f"weights file has tensors {variant.title} does not use: {', '.join(unused[:5])}"
         )
 
+    shape: list[str | int] = ["batch", 3, variant.input_size, variant.input_size]
     graph = helper.make_graph(
         g.nodes,
-        "efficientnet-lite0",
-        [
-            helper.make_tensor_value_info(
-                INPUT_NAME, TensorProto.FLOAT, ["batch", 3, INPUT_SIZE, INPUT_SIZE]
-            )
-        ],
+        variant.name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", NUM_CLASSES])],
         initializer=g.initializers,
     )
@@ -222,7 +198,7 @@ def build_efficientnet_lite0(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="dlaas",
-        doc_string="EfficientNet-Lite0 (ImageNet-1k), batch norm folded; outputs logits.",
+        doc_string=f"{variant.title} (ImageNet-1k), batch norm folded; outputs logits.",
     )
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)

@@ -6,7 +6,7 @@ fork server's preload needs it too, below the tiers.
 
 from __future__ import annotations
 
-from dlaas.model.cache import ensure_model
+from dlaas.model.cache import MODEL_NAME, ensure_model
 from dlaas.model.custom import load_custom_model
 from dlaas.model.quantize import INT8_NAME, ensure_quantized_model
 from dlaas.model.spec import ModelSpec, Preprocessing
@@ -15,7 +15,8 @@ from dlaas.settings import Settings
 
 def model_spec_from(settings: Settings, *, force: bool = False) -> ModelSpec:
     """The user's own model if ``--model`` names a file, else the built-in one it names
-    (EfficientNet-Lite0 by default), built once into the cache, or again if ``force``."""
+    (EfficientNet-Lite0 by default), built once into its own folder of the model cache, or
+    again if ``force``."""
     if settings.model_path is not None and settings.labels is not None:
         preprocessing = Preprocessing(
             input_size=settings.input_size,
@@ -25,8 +26,9 @@ def model_spec_from(settings: Settings, *, force: bool = False) -> ModelSpec:
             layout=settings.layout,
         )
         return load_custom_model(settings.model_path, settings.labels, preprocessing)
-    if settings.builtin_model == INT8_NAME:
+    name = settings.builtin_model or MODEL_NAME
+    if name == INT8_NAME:
         return ensure_quantized_model(
             settings.model_cache_dir, calibration_dir=settings.calibration_dir, force=force
         )
-    return ensure_model(settings.model_cache_dir, force=force)
+    return ensure_model(settings.model_cache_dir, name, force=force)

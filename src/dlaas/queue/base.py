@@ -50,8 +50,6 @@ class Queue(ABC):
 
     name: str
     url: str
-    # True where sends are local and quick (a sqlite file, memory): see Storage.local_io.
-    local_io: bool = False
     max_receives: int = DEFAULT_MAX_RECEIVES
 
     def send(self, body: str) -> str:

@@ -65,8 +65,6 @@ def _broker(name: str) -> _Broker:
 
 
 class MemoryQueue(Queue):
-    local_io = True
-
     def __init__(
         self,
         broker: str = "default",

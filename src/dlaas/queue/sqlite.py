@@ -41,8 +41,6 @@ from dlaas.queue.sqlite_db import (
 class SqliteQueue(Queue):
     """A named queue in a SQLite file; siblings share the file and this process's connection."""
 
-    local_io = True
-
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -1,8 +1,9 @@
 """The object-store interface.
 
-Backends implement five primitives (``_put``, ``_get``, ``_exists``, ``_delete``, ``_list``);
-key validation and the JSON helpers live here so every backend gets them for free. A
-backend with a cheaper bulk delete (one request for many keys) overrides ``_delete_many``.
+Backends implement six primitives (``_put``, ``_put_if_absent``, ``_get``, ``_exists``,
+``_delete``, ``_list``); key validation and the JSON helpers live here so every backend
+gets them for free. A backend with a cheaper bulk delete (one request for many keys)
+overrides ``_delete_many``.
 """
 
 from __future__ import annotations
@@ -58,12 +59,21 @@ class Storage(ABC):
     """
 
     url: str = ""
-    # True where every call is a local syscall of microseconds (a directory, memory): an
-    # event loop may then call it inline, as a hop to a thread would cost about as much.
-    local_io: bool = False
+    # False where the store was seen to ignore create-if-absent (an S3-compatible store
+    # without ``If-None-Match``): ``put_if_absent`` then cannot promise one winner.
+    atomic_create: bool = True
 
     def put(self, key: str, data: bytes) -> None:
         self._put(validate_key(key), bytes(data))
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Create the object only if no object has ``key``; True if this call created it.
+
+        Of any number of callers racing for one key, in any number of processes sharing
+        the store, exactly one gets True, and a reader never sees a partial object. This
+        is what lets several web processes agree on who owns an ``Idempotency-Key``.
+        """
+        return self._put_if_absent(validate_key(key), bytes(data))
 
     def get(self, key: str) -> bytes:
         """Return the object; raise ObjectNotFound if there is none."""
@@ -89,8 +99,17 @@ class Storage(ABC):
         """Return every key that starts with ``prefix``, sorted."""
         return sorted(self._list(validate_prefix(prefix)))
 
+    def probe_atomic_create(self, key: str) -> bool:
+        """Check at start-up, by writing the fresh ``key``, that ``put_if_absent`` has one
+        winner here (S3-compatible stores may ignore the condition); return
+        ``atomic_create``."""
+        return self.atomic_create
+
     def put_json(self, key: str, value: Any) -> None:
         self.put(key, json.dumps(value, separators=(",", ":")).encode())
+
+    def put_json_if_absent(self, key: str, value: Any) -> bool:
+        return self.put_if_absent(key, json.dumps(value, separators=(",", ":")).encode())
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get(key))
@@ -100,6 +119,9 @@ class Storage(ABC):
 
     @abstractmethod
     def _put(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _put_if_absent(self, key: str, data: bytes) -> bool: ...
 
     @abstractmethod
     def _get(self, key: str) -> bytes: ...

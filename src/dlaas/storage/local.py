@@ -3,15 +3,17 @@
 A key ``inputs/<job>/<image>`` is the file ``<root>/inputs/<job>/<image>``; the base class
 has already refused any key that could escape the root. Writes go to a temporary file in
 the target directory and are then renamed over the target, which is atomic on POSIX: a
-reader opens either the old file or the new one, never half of one.
+reader opens either the old file or the new one, never half of one. A create-if-absent
+hard-links the finished temporary file instead, which fails if the name is taken.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dlaas.errors import InvalidKey, ObjectNotFound, StorageError
@@ -33,18 +35,17 @@ def _new_temp_prefix() -> None:
 
 _new_temp_prefix()
 os.register_at_fork(after_in_child=_new_temp_prefix)
-_PUT_ATTEMPTS = 5
+# A put races deletes that prune its emptied directory; each lost race costs one mkdir, and
+# under heavy contention five in a row were seen lost (4 threads churning one directory).
+_PUT_ATTEMPTS = 20
 
 
 class LocalStorage(Storage):
     """A directory of files. ``fsync=True`` makes each put durable across power loss (slower)."""
 
-    local_io = True  # unless fsync: a flush to disk takes milliseconds
-
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
         self.root = Path(root).expanduser().resolve()
         self.fsync = fsync
-        self.local_io = not fsync
         self.url = f"file://{self.root}"
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(
@@ -63,12 +64,41 @@ class LocalStorage(Storage):
         return self.root.joinpath(*key.split("/"))
 
     def _put(self, key: str, data: bytes) -> None:
+        self._retrying("write", key, lambda path: self._write_atomic(path, data, os.replace))
+
+    def _put_if_absent(self, key: str, data: bytes) -> bool:
+        """The whole object is written to a temporary file, then hard-linked to its name:
+        ``link`` fails if the name exists, atomically, between processes too (POSIX), and
+        the object appears complete or not at all."""
+        created = [True]
+
+        def link(temp: Path, path: Path) -> None:
+            try:
+                os.link(temp, path)
+            except FileExistsError:
+                if path.is_dir():
+                    raise  # a key prefix, not an object: the collision error below
+                created[0] = False
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                raise StorageError(
+                    f"the file system under {self.root} has no hard links, which an atomic "
+                    "create-if-absent needs; put --storage on a local disk, or use s3://"
+                ) from exc
+            finally:
+                temp.unlink(missing_ok=True)
+
+        self._retrying("create", key, lambda path: self._write_atomic(path, data, link))
+        return created[0]
+
+    def _retrying(self, action: str, key: str, write: Callable[[Path], None]) -> None:
         path = self._path(key)
         # A concurrent delete may prune a parent directory between our mkdir and our write;
         # that shows as a missing or "not a directory" path, and a second try succeeds.
         for attempt in range(_PUT_ATTEMPTS):
             try:
-                self._write_atomic(path, data)
+                write(path)
                 return
             except (
                 FileNotFoundError,
@@ -83,9 +113,9 @@ class LocalStorage(Storage):
                         f"cannot write object {key!r}: a key and a key prefix collide on disk; "
                         "use keys that are not prefixes of other keys"
                     ) from exc
-                raise self._error("write", key, exc.errno, exc.strerror) from exc
+                raise self._error(action, key, exc.errno, exc.strerror) from exc
             except OSError as exc:
-                raise self._error("write", key, exc.errno, exc.strerror) from exc
+                raise self._error(action, key, exc.errno, exc.strerror) from exc
 
     def _collides(self, path: Path) -> bool:
         """True if the key is a directory, or one of its parents is a file."""
@@ -93,7 +123,9 @@ class LocalStorage(Storage):
             return True
         return any(parent.is_file() for parent in path.parents if self.root in parent.parents)
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def _write_atomic(self, path: Path, data: bytes, finish: Callable[[Path, Path], None]) -> None:
+        """Write ``data`` to a temporary file beside ``path``, then ``finish(temp, path)``
+        (``os.replace`` to overwrite, a hard link to create only)."""
         # The web tier writes every upload here, so this path is kept to a few syscalls:
         # the parent directory is created only when the first open says it is missing,
         # and the temp name comes from a counter (O_EXCL still guards against a clash).
@@ -113,7 +145,7 @@ class LocalStorage(Storage):
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temp, path)
+            finish(temp, path)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise

@@ -34,8 +34,6 @@ def _objects(name: str) -> _Objects:
 class MemoryStorage(Storage):
     """Objects in a dict; ``put`` swaps in a new ``bytes``, so readers never see half a value."""
 
-    local_io = True
-
     def __init__(self, name: str = "default") -> None:
         self.name = name
         self.url = f"memory://{name}"
@@ -44,6 +42,13 @@ class MemoryStorage(Storage):
     def _put(self, key: str, data: bytes) -> None:
         with self._objects.lock:
             self._objects.data[key] = data
+
+    def _put_if_absent(self, key: str, data: bytes) -> bool:
+        with self._objects.lock:
+            if key in self._objects.data:
+                return False
+            self._objects.data[key] = data
+            return True
 
     def _get(self, key: str) -> bytes:
         with self._objects.lock:

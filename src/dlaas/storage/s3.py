@@ -3,11 +3,20 @@
 ``s3://bucket/prefix`` keeps every key under ``prefix/``. A PUT is atomic in S3 itself,
 so readers never see half an object. Objects are written without ACLs: they inherit the
 bucket's (private) policy, and the stack's bucket blocks public access outright.
+
+Create-if-absent is a PUT with ``If-None-Match: *``: S3 answers 412 when the key exists,
+and 409 ``ConditionalRequestConflict`` while another conditional write to the key is in
+flight (retried here). A store that ignores the header would let every racer win, so the
+web tier writes one probe key twice at start-up and says loudly if the second succeeds
+(workers, which never create-if-absent and may not delete outside ``inputs/``, do not).
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import re
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -21,6 +30,9 @@ from dlaas.storage.base import Storage, validate_key
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 _NOT_FOUND = ("NoSuchKey", "404", "NotFound")
+_CONFLICT_ATTEMPTS = 8  # 409 ConditionalRequestConflict: another conditional PUT in flight
+
+log = logging.getLogger("dlaas.storage")
 
 
 class S3Storage(Storage):
@@ -135,16 +147,61 @@ class S3Storage(Storage):
                 f"{describe_error(exc)}"
             ) from None
 
+    def probe_atomic_create(self, key: str) -> bool:
+        """Write the fresh ``key`` twice with ``If-None-Match: *``; a store that lets the
+        second write succeed ignores the header. Sets and returns ``atomic_create``."""
+        try:
+            try:
+                first = self.put_if_absent(key, b"1")
+                second = self.put_if_absent(key, b"2")
+            finally:
+                self.delete(key)
+        except StorageError as exc:
+            log.warning("s3_conditional_put_probe_failed", extra={"error": str(exc)})
+            return self.atomic_create
+        self.atomic_create = first and not second
+        if not self.atomic_create:
+            log.error(
+                "s3_conditional_put_ignored",
+                extra={
+                    "storage": self.url,
+                    "endpoint": self._endpoint(),
+                    "detail": "this S3 store ignores If-None-Match: *, so two web processes "
+                    "can both win one Idempotency-Key; upgrade the store (SeaweedFS >= 4.48, "
+                    "MinIO, AWS S3) or run one web process",
+                },
+            )
+        return self.atomic_create
+
     def close(self) -> None:
         self.client.close()
 
-    # The five primitives --------------------------------------------------------
+    # The six primitives ---------------------------------------------------------
 
     def _put(self, key: str, data: bytes) -> None:
         try:
             self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
         except (BotoCoreError, ClientError) as exc:
             raise self._error("put", key, exc) from exc
+
+    def _put_if_absent(self, key: str, data: bytes) -> bool:
+        attempt = 0
+        while True:
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self.prefix + key, Body=data, IfNoneMatch="*"
+                )
+                return True
+            except ClientError as exc:
+                if http_status(exc) == 412 or error_code(exc) == "PreconditionFailed":
+                    return False
+                attempt += 1
+                conflict = error_code(exc) == "ConditionalRequestConflict"
+                if not (conflict or http_status(exc) == 409) or attempt >= _CONFLICT_ATTEMPTS:
+                    raise self._error("create", key, exc) from exc
+            except BotoCoreError as exc:
+                raise self._error("create", key, exc) from exc
+            time.sleep(random.uniform(0.5, 1.0) * min(0.02 * 2**attempt, 1.0))
 
     def _get(self, key: str) -> bytes:
         try:

@@ -39,10 +39,6 @@ class Ingest:
         self.max_pixels = max_pixels
         self.on_accepted = on_accepted
         self.owner_backlog = owner_backlog
-        # One image into a local directory and a sqlite queue costs less than the hop to a
-        # worker thread and back (two thread wake-ups under the GIL), so the synchronous
-        # call submits it on the event loop; any network backend keeps the thread.
-        self.inline_submit = jobs.storage.local_io and jobs.queue.local_io
 
     def add(
         self, job: PendingJob, filename: str, data: bytes, image_id: str | None = None

@@ -11,9 +11,10 @@ or read. The hub is the one writer of those results: a reply that finds nobody w
 (the call timed out and told its client to poll) is stored as a file before its message
 is deleted, so it is never lost; so are the results a timed-out call already took.
 
-Reply queues of web processes that died are removed by the next one to start: each
-hub refreshes its ``reply_queue_key`` record and one older than ``stale_after_s`` marks
-its queue as abandoned. Results still inside such a queue are stored first.
+Reply queues of web processes that died are removed by the others: each hub refreshes
+its ``reply_queue_key`` record every ``refresh_s`` and, at start and on every refresh,
+looks for records older than ``stale_after_s``, which mark a queue as abandoned. Results
+still inside such a queue are stored first, so a replica lost under load costs no result.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable
 
 from dlaas.errors import DlaasError
 from dlaas.jobs import layout
-from dlaas.jobs.messages import Finished, Reply, reply_from_json
+from dlaas.jobs.messages import Finished, Progress, Reply, reply_from_json
 from dlaas.jobs.records import ReplyQueueRecord, as_reply_queue
 from dlaas.jobs.store import JobStore
 from dlaas.queue.base import Message, Queue
@@ -37,6 +38,7 @@ log = logging.getLogger("dlaas.web")
 
 REPLY_PREFIX = "dlaas-replies-"
 HANDOVER_TIMEOUT_S = 10.0  # the event loop is stuck if it takes longer to dispatch
+STALE_AFTER_S = 90.0  # three missed refreshes of the default 30 s
 
 
 class ReplyHub:
@@ -46,7 +48,7 @@ class ReplyHub:
         *,
         wait_time_s: float = 1.0,
         refresh_s: float = 30.0,
-        stale_after_s: float = 300.0,
+        stale_after_s: float = STALE_AFTER_S,
     ) -> None:
         self.name = REPLY_PREFIX + layout.new_id()[:16]
         self.jobs = jobs
@@ -62,6 +64,8 @@ class ReplyHub:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_reply: Callable[[Reply], None] | None = None  # metrics hook
+        # Each final reply found in an abandoned queue (the owner backlog releases it).
+        self.on_salvaged: Callable[[Reply], None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -148,6 +152,7 @@ class ReplyHub:
             if time.monotonic() >= next_refresh:
                 next_refresh = time.monotonic() + self.refresh_s
                 self._register()
+                self._clean_stale()
 
     def _handle(self, messages: list[Message]) -> None:
         """Dispatch, store the results nobody took, then delete what is safe to delete."""
@@ -212,6 +217,8 @@ class ReplyHub:
                     continue
                 if isinstance(reply, Finished) and not reply.stored:
                     self._store(reply)
+                if self.on_salvaged is not None and not isinstance(reply, Progress):
+                    self.on_salvaged(reply)
             queue.delete_batch([m.receipt for m in messages])
 
     # Stale reply queues ------------------------------------------------------
@@ -224,6 +231,12 @@ class ReplyHub:
             log.warning("reply_register_failed", extra={"error": str(exc)})
 
     def _clean_stale(self) -> None:
+        """Remove the reply queues of web processes that stopped refreshing their record.
+
+        A dead process's queue is cleaned twice: when its record goes stale, and once more
+        ``10 * stale_after_s`` later for the replies workers sent it meanwhile (tasks it
+        enqueued may wait in the backlog); then its record is deleted.
+        """
         try:
             keys = self.storage.list(layout.REPLIES)
         except DlaasError:
@@ -232,21 +245,32 @@ class ReplyHub:
         for key in keys:
             try:
                 record = as_reply_queue(self.storage.get_json(key))
-                if now - float(record["updated_at"]) < self.stale_after_s:
-                    continue
                 name = str(record["queue"])
                 if not name.startswith(REPLY_PREFIX) or name == self.name:
                     continue
-                stale = self.input_queue.sibling(name)
-                try:
-                    self._salvage(stale)
-                    stale.destroy()
-                finally:
-                    stale.close()
-                self.storage.delete(key)
+                cleaned_at = record.get("cleaned_at")
+                if cleaned_at is None:
+                    if now - float(record["updated_at"]) < self.stale_after_s:
+                        continue
+                elif now - float(cleaned_at) < 10 * self.stale_after_s:
+                    continue
+                self._remove_queue(name)
+                if cleaned_at is None and float(record["updated_at"]) > 0:
+                    cleaned: ReplyQueueRecord = {**record, "cleaned_at": now}
+                    self.storage.put_json(key, cleaned)
+                else:  # a clean stop (updated_at 0) or the second pass
+                    self.storage.delete(key)
                 log.info("stale_reply_queue_removed", extra={"reply_queue": name})
             except (DlaasError, KeyError, ValueError, TypeError):
                 continue
+
+    def _remove_queue(self, name: str) -> None:
+        stale = self.input_queue.sibling(name)
+        try:
+            self._salvage(stale)
+            stale.destroy()
+        finally:
+            stale.close()
 
 
 def _unstored(replies: list[Reply] | list[Finished]) -> list[Finished]:

@@ -59,10 +59,7 @@ async def classify(
     futures = [hub.expect(image_id) for image_id in image_ids]
     try:
         args = (job, images, image_ids, hub.name, probabilities)
-        if ingest.inline_submit and len(images) == 1:  # a few hundred µs of local syscalls
-            ingest.submit_sync(*args)
-        else:
-            await run_in_threadpool(ingest.submit_sync, *args)
+        await run_in_threadpool(ingest.submit_sync, *args)
         done, pending = await asyncio.wait(futures, timeout=timeout_s)
     except BaseException:
         for image_id in image_ids:

@@ -96,11 +96,11 @@ async def create_job(
     """Upload one or many images (multipart field ``files``) as one job."""
     ingest = ctx.ingest
     submit = await Submission.start(ctx, request, callback_url, idempotency_key)
-    uploads = await ctx.uploads.many_files(
-        request, "files", max_files=ctx.settings.max_files_per_job
-    )
     rejected: list[Rejection] = []
     try:
+        uploads = await ctx.uploads.many_files(
+            request, "files", max_files=ctx.settings.max_files_per_job
+        )
         async with ingest.assembling(owner(request)) as job:
             for index, upload in enumerate(uploads):
                 filename = upload.filename or "upload"
@@ -130,6 +130,7 @@ async def create_job(
         return JSONResponse(replay.body, status_code=202)
     finally:
         await request.close()  # removes the spooled upload files
+        await run_in_threadpool(submit.release)
     return JSONResponse(body, status_code=202)
 
 

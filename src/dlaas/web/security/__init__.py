@@ -33,13 +33,6 @@ def open_keyring(settings: Settings) -> KeyRing | None:
     return KeyRing(settings.api_keys_file, on_reload=reloaded, on_error=failed)
 
 
-def rate_limiter(settings: Settings) -> RateLimiter | None:
-    """The per-owner request rate of ``--rate-limit-per-owner``; None without one."""
-    if settings.rate_limit_per_owner is None:
-        return None
-    return RateLimiter(settings.rate_limit_per_owner, settings.rate_limit_burst)
-
-
 def install(
     app: FastAPI, settings: Settings, keys: KeyRing | None, limiter: RateLimiter | None
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -88,7 +89,13 @@ class AuthMiddleware:
                 await _refuse(scope, receive, send, 403, "forbidden", detail, {})
                 return
             limiter = self.limiter
-            wait_s = limiter.take(owner) if limiter is not None else 0.0
+            wait_s = 0.0
+            if limiter is not None:
+                wait_s = (
+                    await run_in_threadpool(limiter.take, owner)
+                    if limiter.blocking
+                    else limiter.take(owner)
+                )
             if limiter is not None and wait_s > 0:
                 detail = (
                     f"over your rate of {limiter.rate_per_s:g} requests/s; retry in {wait_s:.1f} s"

@@ -1,7 +1,9 @@
 """Fairness between owners: a token bucket each, and a cap on each one's waiting images.
 
-Both are per web process: with several web processes behind a load balancer, an owner
-gets the rate and the cap once per process (docs/security.md says so).
+The classes here keep both in this process: with several web processes behind a load
+balancer and nothing shared, an owner gets the rate and the cap once per process.
+``dlaas.web.security.shared_limits`` keeps them in Redis instead, so N replicas enforce one limit
+(docs/security.md says when each applies).
 """
 
 from __future__ import annotations
@@ -27,8 +29,29 @@ class _Bucket:
     updated_at: float
 
 
+@dataclass
+class Limits:
+    """The owner limits one app enforces: its rate limiter (None: no rate) and backlog."""
+
+    rate: RateLimiter | None
+    backlog: OwnerBacklog
+    where: str = "process"  # or the shared store's address, for the start-up log
+
+    @classmethod
+    def in_process(
+        cls, rate_per_s: float | None, burst: int | None, max_backlog: int | None
+    ) -> Limits:
+        rate = RateLimiter(rate_per_s, burst) if rate_per_s is not None else None
+        return cls(rate, OwnerBacklog(max_backlog))
+
+    def close(self) -> None:
+        """Release a shared store's connections; nothing in process."""
+
+
 class RateLimiter:
     """A token bucket per owner: ``rate_per_s`` tokens a second, at most ``burst`` saved."""
+
+    blocking = False  # True when ``take`` waits on the network (run it off the event loop)
 
     def __init__(
         self,
