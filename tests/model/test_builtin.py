@@ -26,8 +26,8 @@ def test_each_built_in_model_sees_the_cat(
 
     (preds,) = clf.predict(clf.preprocess(photo("chelsea"))[None], top_k=1)
 
-    assert preds[0].class_id in CAT_CLASSES, f"{name}: {preds[0]}"
-    assert preds[0].score > 0.3
+    assert preds[0]["class_id"] in CAT_CLASSES, f"{name}: {preds[0]}"
+    assert preds[0]["score"] > 0.3
 
 
 def test_the_settings_list_every_built_in_model() -> None:
