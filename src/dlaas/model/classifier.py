@@ -14,7 +14,6 @@ from dlaas.errors import ModelError
 from dlaas.model.preprocess import prepare_image
 from dlaas.model.spec import ModelSpec, Prediction
 
-
 # The batch run must cost under this fraction of as many single runs to be chosen.
 BATCH_MUST_SAVE = 0.95
 
