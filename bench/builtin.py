@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 
 import numpy as np
 import onnxruntime as ort
 
-from common import cpu_count, ensure_model_dir, interleaved_rates, photo_set
+from common import cpu_count, end_to_end_rates, ensure_model_dir, interleaved_rates, photo_set
 from dlaas.model import Classifier, ModelSpec, ensure_model, ensure_quantized_model
 
 BATCH_SIZES = (1, 8)
@@ -39,21 +38,6 @@ def model_rates(
 
     runs = {name: run(name) for name in classifiers}
     return interleaved_rates(runs, np.arange(len(jpegs)), BATCH_SIZES, repeats)
-
-
-def end_to_end_rates(
-    classifiers: dict[str, Classifier], jpegs: list[bytes], repeats: int, batch: int = 8
-) -> dict[str, float]:
-    """images/s from JPEG bytes to top-5, decode and preprocessing included."""
-    samples: dict[str, list[float]] = {name: [] for name in classifiers}
-    for _ in range(repeats):
-        for name, values in samples.items():
-            clf = classifiers[name]
-            started = time.perf_counter()
-            for i in range(0, len(jpegs), batch):
-                clf.predict(np.stack([clf.preprocess(b) for b in jpegs[i : i + batch]]))
-            values.append(len(jpegs) / (time.perf_counter() - started))
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:

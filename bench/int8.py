@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from common import PHOTO_NAMES, cpu_count, ensure_model_dir, interleaved_rates, photo_set
+from common import (
+    PHOTO_NAMES,
+    cpu_count,
+    end_to_end_rates,
+    ensure_model_dir,
+    interleaved_rates,
+    photo_set,
+)
 from dlaas.model import Classifier, ModelSpec, ensure_quantized_model
 from dlaas.model.cache import ensure_model
 
@@ -36,21 +42,6 @@ def model_rates(
     """images/s on prepared input, per (model, batch)."""
     runs = {name: clf.logits for name, clf in classifiers.items()}
     return interleaved_rates(runs, inputs[:IMAGES_PER_RUN], BATCH_SIZES, repeats)
-
-
-def end_to_end_rates(
-    classifiers: dict[str, Classifier], jpegs: list[bytes], repeats: int, batch: int = 8
-) -> dict[str, float]:
-    """images/s from JPEG bytes to top-5, decode and preprocessing included."""
-    samples: dict[str, list[float]] = {name: [] for name in classifiers}
-    for _ in range(repeats):
-        for name, values in samples.items():
-            clf = classifiers[name]
-            started = time.perf_counter()
-            for i in range(0, IMAGES_PER_RUN, batch):
-                clf.predict(np.stack([clf.preprocess(b) for b in jpegs[i : i + batch]]))
-            values.append(IMAGES_PER_RUN / (time.perf_counter() - started))
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def top1(clf: Classifier, inputs: np.ndarray) -> np.ndarray:
@@ -106,7 +97,7 @@ def main() -> None:
     jpegs = photo_set(args.photos, seed=args.seed)
     prepared = np.stack([classifiers["fp32"].preprocess(b) for b in jpegs])
     rates = model_rates(classifiers, prepared, args.repeats)
-    e2e = end_to_end_rates(classifiers, jpegs, args.repeats)
+    e2e = end_to_end_rates(classifiers, jpegs[:IMAGES_PER_RUN], args.repeats)
     expected = top1(classifiers["fp32"], prepared)
     agree = top1(classifiers["int8"], prepared) == expected
     sizes = {name: spec.onnx_path.stat().st_size / 1e6 for name, spec in specs.items()}

@@ -70,10 +70,13 @@ def test_int8_names_the_same_class_as_fp32_on_clear_photos(
     int8 = Classifier(int8_spec)
     for name in ("chelsea", "coffee", "astronaut", "rocket"):
         batch = lite0.preprocess(photo(name))[None]
-        fp32_top = lite0.predict(batch, top_k=1)[0][0]
+        first, second = lite0.predict(batch, top_k=2)[0]
         int8_top = int8.predict(batch, top_k=1)[0][0]
-        assert int8_top["class_id"] == fp32_top["class_id"], name
-        assert abs(int8_top["score"] - fp32_top["score"]) < 0.15, name
+        if first["score"] - second["score"] >= 0.05:  # a clear winner: the same class
+            assert int8_top["class_id"] == first["class_id"], name
+        else:  # chelsea: tiger cat 0.38 against Egyptian cat 0.37, a tie int8 may break
+            assert int8_top["class_id"] in (first["class_id"], second["class_id"]), name
+        assert abs(int8_top["score"] - first["score"]) < 0.15, name
 
 
 def test_a_valid_int8_build_is_reused(int8_cache: Path) -> None:
