@@ -92,6 +92,15 @@ def tiny_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
 
 
 @pytest.fixture(scope="session")
+def slow_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
+    """The tiny model plus tens of milliseconds of convolutions per image, for tests that act
+    while a job runs: a worker cannot finish the job before the test's next step."""
+    from tests.slow_model import build_slow_model
+
+    return build_slow_model(tmp_path_factory.mktemp("slow-model"), convolutions=20)
+
+
+@pytest.fixture(scope="session")
 def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real EfficientNet-Lite0, converted once per test session (pass as --model-dir)."""
     from dlaas.model import ensure_model

@@ -18,13 +18,13 @@ IMAGES = 150
 
 
 @pytest.fixture
-def slow_server(tmp_path: Path, tiny_spec: ModelSpec) -> Iterator[ServeProcess]:
-    """One worker, one image per batch: a job of 150 images runs for a few seconds."""
-    labels = tiny_spec.onnx_path.parent / "labels.txt"
+def slow_server(tmp_path: Path, slow_spec: ModelSpec) -> Iterator[ServeProcess]:
+    """One worker, one image per batch, a slow model: a job of 150 images runs for seconds."""
+    labels = slow_spec.onnx_path.parent / "labels.txt"
     serve = ServeProcess(
         tmp_path / "serve",
         [
-            "--model", str(tiny_spec.onnx_path), "--labels", str(labels),
+            "--model", str(slow_spec.onnx_path), "--labels", str(labels),
             "--workers", "1", "--batch-size", "1", "--max-batch-delay-ms", "0",
         ],
     )  # fmt: skip

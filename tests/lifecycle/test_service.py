@@ -19,17 +19,17 @@ from tests.conftest import jpeg_bytes
 from tests.support import ServeProcess
 
 pytestmark = pytest.mark.slow
-IMAGES = 400
+IMAGES = 150
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory, tiny_spec: ModelSpec) -> Iterator[ServeProcess]:
-    """One worker taking one image at a time, so a big job is half done for a while."""
-    labels = tiny_spec.onnx_path.parent / "labels.txt"
+def serve(tmp_path_factory: pytest.TempPathFactory, slow_spec: ModelSpec) -> Iterator[ServeProcess]:
+    """One worker taking one image at a time on a slow model: a big job is half done for a while."""
+    labels = slow_spec.onnx_path.parent / "labels.txt"
     proc = ServeProcess(
         tmp_path_factory.mktemp("serve"),
         [
-            "--model", str(tiny_spec.onnx_path), "--labels", str(labels),
+            "--model", str(slow_spec.onnx_path), "--labels", str(labels),
             "--workers", "1", "--batch-size", "1", "--max-batch-delay-ms", "0",
         ],
     )  # fmt: skip
