@@ -39,7 +39,7 @@ from .redis_server import RedisServer, fixture_redis_server  # noqa: F401 - fixt
 
 pytestmark = pytest.mark.slow
 
-IMAGES = 500
+IMAGES = 200
 VISIBILITY_TIMEOUT_S = 5
 
 
