@@ -53,7 +53,7 @@ def run_jobs(args: argparse.Namespace, api_key: str | None) -> int:
             if args.jobs_command == "show":
                 response = client.get(f"/v1/jobs/{args.job_id}")
             elif args.jobs_command == "cancel":
-                response = client.delete(f"/v1/jobs/{args.job_id}")
+                response = client.post(f"/v1/jobs/{args.job_id}/cancel")
             else:
                 response = client.delete(f"/v1/jobs/{args.job_id}", params={"purge": "true"})
         except httpx.HTTPError as exc:

@@ -62,11 +62,11 @@ def test_list_filters_by_owner(tiny_spec: ModelSpec, small_jpeg: bytes, tmp_path
         bob_job = submit(client, small_jpeg, **bob)["job_id"]
         listed = client.get("/v1/jobs", headers=bob).json()["jobs"]
         assert [row["job_id"] for row in listed] == [bob_job]
-        # another owner's job is not found, so it cannot be cancelled or purged...
-        for url in (f"/v1/jobs/{alice_job}", f"/v1/jobs/{alice_job}?purge=true"):
-            assert client.delete(url, headers=bob).status_code == 404
+        # another owner's job is not found, so it cannot be cancelled or deleted...
+        assert client.post(f"/v1/jobs/{alice_job}/cancel", headers=bob).status_code == 404
+        assert client.delete(f"/v1/jobs/{alice_job}?purge=true", headers=bob).status_code == 404
         # ...and its owner can
-        assert client.delete(f"/v1/jobs/{alice_job}", headers=alice).status_code == 202
+        assert client.post(f"/v1/jobs/{alice_job}/cancel", headers=alice).status_code == 202
         # the same Idempotency-Key of two owners names two jobs
         key = {"Idempotency-Key": "shared"}
         one = submit(client, small_jpeg, **alice, **key)["job_id"]
@@ -85,7 +85,7 @@ def test_cancel_keeps_done_results_and_counts_the_rest(
     assert {messages.Task.from_json(m.body).job_id for m in batch} == {first["job_id"]}
     idle.worker.process(batch)
     # when the second job is cancelled before any of it ran
-    response = idle_client.delete(f"/v1/jobs/{second['job_id']}")
+    response = idle_client.post(f"/v1/jobs/{second['job_id']}/cancel")
     assert response.status_code == 202
     assert response.json()["status"] == "cancelling"
     assert response.json()["counts"]["cancelled"] == 0
@@ -99,7 +99,7 @@ def test_cancel_keeps_done_results_and_counts_the_rest(
     assert job["counts"] == {"total": 3, "queued": 0, "done": 0, "failed": 0, "cancelled": 3}
     assert {r["status"] for r in job["results"]} == {"cancelled"}
     # and a finished job cannot be cancelled, but stays readable
-    assert idle_client.delete(f"/v1/jobs/{first['job_id']}").status_code == 409
+    assert idle_client.post(f"/v1/jobs/{first['job_id']}/cancel").status_code == 409
     done = idle_client.get(f"/v1/jobs/{first['job_id']}").json()
     assert done["status"] == "complete" and done["counts"]["done"] == 2
     listed = {row["job_id"]: row for row in idle_client.get("/v1/jobs").json()["jobs"]}
@@ -119,10 +119,25 @@ def test_purge_removes_everything_and_then_404(
     assert response.status_code == 200
     assert response.json() == {"job_id": job_id, "status": "purged"}
     assert client.get(f"/v1/jobs/{job_id}").status_code == 404
-    assert client.delete(f"/v1/jobs/{job_id}").status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}/events").status_code == 404
+    assert client.delete(f"/v1/jobs/{job_id}?purge=true").status_code == 404
     left = [k for k in service.storage.list() if job_id in k]
     assert left == [layout.cancel_key(job_id)]  # the tombstone, until retention
     assert job_id not in [row["job_id"] for row in client.get("/v1/jobs").json()["jobs"]]
+
+
+def test_a_delete_without_purge_is_refused_and_says_how_to_cancel(
+    idle_client: TestClient, small_jpeg: bytes
+) -> None:
+    """An old client's cancel (a bare DELETE) neither cancels nor removes anything."""
+    job_id = submit(idle_client, small_jpeg)["job_id"]
+    for url in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}?purge=false"):
+        response = idle_client.delete(url)
+        assert response.status_code == 400
+        assert response.json()["error"] == "purge_required"
+        assert f"POST /v1/jobs/{job_id}/cancel" in response.json()["detail"]
+    job = idle_client.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "running" and "cancelled" not in job["counts"]
 
 
 def test_purge_of_a_queued_job_leaves_nothing_behind(

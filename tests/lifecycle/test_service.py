@@ -73,7 +73,7 @@ def test_cancel_while_half_done_classifies_nothing_more(serve: ServeProcess) -> 
         assert time.monotonic() < deadline, job["counts"]
         time.sleep(0.05)
     # when it is cancelled
-    response = httpx.delete(f"{serve.url}/v1/jobs/{job_id}", timeout=10)
+    response = httpx.post(f"{serve.url}/v1/jobs/{job_id}/cancel", timeout=10)
     cancelled_at = time.time()
     assert response.status_code == 202, response.text
     # then it settles as cancelled with every image accounted for
@@ -92,18 +92,18 @@ def test_cancel_while_half_done_classifies_nothing_more(serve: ServeProcess) -> 
     assert len(done_lines) == counts["done"]
     assert len(dropped) == counts["cancelled"]
     # No image was classified after the cancel took effect: at most the one batch in a
-    # worker's hands when the DELETE landed (one image: --batch-size 1) finished after it.
+    # worker's hands when the cancel landed (one image: --batch-size 1) finished after it.
     late = [line for line in done_lines if _epoch(line["ts"]) > cancelled_at]
     assert len(late) <= 1, late
     print(
         f"\ncancel: {counts['done']} done (worker log: {len(done_lines)}), "
         f"{counts['cancelled']} cancelled (worker log: {len(dropped)}), "
-        f"{len(late)} finished after the DELETE"
+        f"{len(late)} finished after the cancel"
     )
     # the results done before the cancel stay readable
     done = [r for r in job["results"] if r["status"] == "done"]
     assert len(done) == counts["done"] and all(r["predictions"] for r in done)
-    # and the event stream ends by saying so, for a page that never sent the DELETE itself
+    # and the event stream ends by saying so, for a page that never sent the cancel itself
     end = end_event(serve.url, job_id)
     assert end["status"] == "cancelled" and end["cancelled"] == counts["cancelled"], end
 

@@ -135,7 +135,7 @@ def test_a_cancelled_job_is_reported_once_nothing_is_in_flight(
             "/v1/jobs", params={"callback_url": receiver.url}, files=files(small_jpeg, small_jpeg)
         )
         job_id = response.json()["job_id"]
-        assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
+        assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
         time.sleep(1.5)
         assert receiver.deliveries == []  # cancelling: two messages still queued
         svc.worker.process(svc.queue.receive(max_messages=8, wait_time_s=1))
@@ -170,6 +170,19 @@ def test_a_disallowed_callback_is_refused_at_submit(
     assert svc.storage.list("inputs/") == svc.storage.list("jobs/") == []  # nothing stored
     assert svc.storage.list("webhooks/") == []
     assert svc.queue.stats().visible == 0
+
+
+@pytest.mark.parametrize("allow", ["", "127.0.0.1"])
+def test_the_schema_names_callback_url_only_where_webhooks_are_on(
+    tiny_spec: ModelSpec, allow: str
+) -> None:
+    svc = webhook_service(tiny_spec, webhook_allow_hosts=allow, with_worker=False)
+    with TestClient(svc.app) as client:
+        operation = client.get("/openapi.json").json()["paths"]["/v1/jobs"]["post"]
+    svc.close()
+    names = [parameter["name"] for parameter in operation["parameters"]]
+    assert ("callback_url" in names) == bool(allow), names
+    assert "Idempotency-Key" in names
 
 
 def fake_dns(table: dict[str, list[str]]) -> Any:

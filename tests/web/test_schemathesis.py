@@ -1,5 +1,8 @@
-"""Schemathesis against ``/openapi.json`` over real HTTP: no 5xx, and every answer as the
-schema says, in three set-ups: a laptop (no keys), keys with an admin key, keys and none.
+"""Schemathesis against ``/openapi.json`` over real HTTP: no 5xx, every answer as the
+schema says, and every schema-valid request accepted (but for the upload refusals that
+the repository's ``schemathesis.toml`` names), in three set-ups: a laptop (no keys), keys
+with an admin key, keys and none. And every path answers a method it does not list with
+405 and an ``Allow`` naming exactly the methods it does.
 
 No 5xx is allowed: a synchronous call whose own ``timeout_s`` runs out (a fuzzer picks
 1e-300 s) answers 202 with the job to poll, which must then be pollable.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,21 +26,26 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.config import SchemathesisConfig
 
 from dlaas.keys import add_key
 from dlaas.model import ModelSpec
 from tests.service import Service
 from tests.web.live import LiveServer
 
+CONFIG = Path(__file__).resolve().parents[2] / "schemathesis.toml"
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
+    positive_data_acceptance,
 ]
+OTHER_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 STREAM_READ_S = 1.0
 FUZZ = settings(
     max_examples=40,
@@ -113,7 +122,8 @@ def call_and_check(case: Any, served: Served, headers: dict[str, str]) -> None:
 
 def fuzz(served: Served, headers: dict[str, str]) -> None:
     """Every operation of the schema, each with its own Hypothesis run; all failures told."""
-    schema = schemathesis.openapi.from_url(served.live.url + "/openapi.json")
+    config = SchemathesisConfig.from_path(CONFIG)
+    schema = schemathesis.openapi.from_url(served.live.url + "/openapi.json", config=config)
     failures: list[str] = []
     operations = 0
     for result in schema.get_all_operations():
@@ -143,3 +153,17 @@ def test_keys_on_with_an_admin_key(keyed_server: Served) -> None:
 
 def test_keys_on_without_a_key(keyed_server: Served) -> None:
     fuzz(keyed_server, {})
+
+
+def test_a_method_a_path_does_not_take_is_405_with_allow_naming_those_it_does(
+    laptop_server: Served,
+) -> None:
+    spec = httpx.get(laptop_server.live.url + "/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        listed = {method.upper() for method in operations}
+        url = laptop_server.live.url + path.replace("{", "").replace("}", "")
+        for method in sorted(set(OTHER_METHODS) - listed):
+            response = httpx.request(method, url)
+            assert response.status_code == 405, f"{method} {path}: {response.status_code}"
+            allowed = {m.strip() for m in response.headers["allow"].split(",")}
+            assert allowed == listed, f"{method} {path}: Allow {allowed}, schema {listed}"

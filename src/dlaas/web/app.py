@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from dlaas import __version__
 from dlaas.errors import DlaasError, WebError
@@ -58,6 +59,11 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.state.context = ctx
     _add_error_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(
+        jobs.upload_router(
+            webhooks_on=bool(ctx.allow_hosts), max_files=ctx.settings.max_files_per_job
+        )
+    )
     app.include_router(classify.build_router(ctx.settings.classify_timeout_s))
     app.include_router(v2.build_router(ctx))  # early: routes are matched in order
     app.include_router(page.router)
@@ -124,14 +130,31 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        # Starlette's own headers stay: a 405 names the methods the path takes (``Allow``).
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed(app, request)}
         if v2.is_v2(request):
-            return v2.error_response(exc.status_code, str(exc.detail), exc.headers)
+            return v2.error_response(exc.status_code, str(exc.detail), headers)
         return JSONResponse(
             {"error": _slug(exc.status_code), "detail": str(exc.detail)},
             status_code=exc.status_code,
-            headers=exc.headers,
+            headers=headers,
         )
+
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed(app: FastAPI, request: Request) -> str:
+    """Every method the path takes: Starlette's ``Allow`` names only the first route that
+    matches the path, and ``GET`` and ``DELETE /v1/jobs/{job_id}`` are two routes. Each
+    method is asked of the routes' own ``matches``, as the router would."""
+    allowed = []
+    for method in METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 def _slug(status_code: int) -> str:

@@ -102,6 +102,10 @@ class Admitted:
     array: np.ndarray | None = None
     outcome: Outcome | None = field(default=None)  # set once the task is decided
 
+    def fail(self, error: str) -> None:
+        """Decide the item as ``Failed``: it carries the item's own times."""
+        self.outcome = Failed(self.message, self.task, error, self.received_at, self.timings_ms)
+
 
 def admit(jobs: JobStore, batch: list[Message], received_at: float) -> list[Admitted | Outcome]:
     """Parse every message and drop those of cancelled jobs."""
@@ -140,7 +144,7 @@ def fetch_and_decode(jobs: JobStore, classifier: SupportsClassify, items: list[A
         try:
             data = jobs.storage.get(task.key)
         except ObjectNotFound:
-            item.outcome = _gone(jobs, item)
+            _gone(jobs, item)
             continue
         except StorageError as exc:
             item.outcome = Retry(item.message, task, f"storage error: {exc}")
@@ -149,22 +153,22 @@ def fetch_and_decode(jobs: JobStore, classifier: SupportsClassify, items: list[A
         try:
             item.array = classifier.preprocess(data)
         except ImageError as exc:
-            item.outcome = Failed(item.message, task, str(exc), item.received_at, item.timings_ms)
+            item.fail(str(exc))
         t2 = time.perf_counter()
         item.timings_ms["fetch"] = round((t1 - t0) * 1000, 3)
         item.timings_ms["decode"] = round((t2 - t1) * 1000, 3)
 
 
-def _gone(jobs: JobStore, item: Admitted) -> Outcome:
+def _gone(jobs: JobStore, item: Admitted) -> None:
     """No input: a repeat if the result is stored already, else a failure to report."""
     task = item.task
     try:
         if jobs.storage.exists(layout.result_key(task.job_id, task.image_id)):
-            return Repeat(item.message, task)
+            item.outcome = Repeat(item.message, task)
+            return
     except StorageError:
         pass
-    error = "the uploaded image is no longer in storage"
-    return Failed(item.message, task, error, item.received_at, item.timings_ms)
+    item.fail("the uploaded image is no longer in storage")
 
 
 def infer(classifier: SupportsClassify, items: list[Admitted], top_k: int) -> float:

@@ -41,6 +41,15 @@ STILL_QUEUED_DOC: dict[int | str, dict[str, object]] = {
 }
 
 
+ONE_IMAGE_REFUSALS: dict[int | str, dict[str, object]] = {
+    400: {"description": "no file, or an empty one"},
+    413: {"description": "the file or the body is too large"},
+    415: {"description": "the file is not an image this service reads, or the body not multipart"},
+    422: {"description": "an image over --max-pixels, corrupt or cut short"},
+    429: {"description": "too many images wait; retry after `Retry-After` seconds"},
+}
+
+
 class _Json(JSONResponse):
     """JSON written by orjson: ~10x faster than the standard library on a result."""
 
@@ -64,7 +73,7 @@ def build_router(default_timeout_s: float) -> APIRouter:
         "/v1/classify",
         response_class=JSONResponse,
         openapi_extra=multipart_doc("file"),
-        responses=STILL_QUEUED_DOC,
+        responses={**STILL_QUEUED_DOC, **ONE_IMAGE_REFUSALS},
     )
     async def classify(
         request: Request, ctx: Context, timeout_s: float = Query(default_timeout_s, gt=0, le=3600)
@@ -83,7 +92,7 @@ def build_router(default_timeout_s: float) -> APIRouter:
         "/",
         response_class=PlainTextResponse,
         openapi_extra=multipart_doc("myfile"),
-        responses=STILL_QUEUED_DOC,
+        responses={**STILL_QUEUED_DOC, **ONE_IMAGE_REFUSALS},
     )
     async def classify_compat(request: Request, ctx: Context) -> Response:
         """Workload-generator compatibility: field ``myfile`` in, top-1 short label out."""

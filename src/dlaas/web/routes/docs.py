@@ -58,6 +58,21 @@ def _asset(name: str) -> bytes:
     return bytes(swagger_ui_path.joinpath(name).read_bytes())
 
 
+JOB_ID_SCHEMA = {"type": "string", "pattern": "^[0-9a-f]{32}$"}  # as jobs.layout.is_job_id
+
+
+def parameter_doc(
+    name: str, where: str, schema: dict[str, Any], description: str, *, required: bool = False
+) -> dict[str, Any]:
+    """One parameter, for ``openapi_extra``'s ``parameters``, that the route reads itself
+    (declared with ``include_in_schema=False``): the schema then says exactly what the code
+    accepts, where FastAPI's own check would answer a bare 422 instead of the route's
+    clearer refusal."""
+    parameter = {"name": name, "in": where, "required": required, "schema": schema}
+    parameter["description"] = description
+    return parameter
+
+
 ERROR_SCHEMA = {
     "title": "Error",
     "type": "object",
@@ -68,8 +83,9 @@ ERROR_SCHEMA = {
 
 
 def install_openapi(app: FastAPI, *, keys_on: bool) -> None:
-    """Describe what the app really answers: refusals are ``{error, detail}`` (422 too),
-    and with keys on, every route outside ``is_public`` takes a bearer key."""
+    """Describe what the app really answers: refusals are ``{error, detail}`` (422 too,
+    and every 4xx a route declares without a body of its own), and with keys on, every
+    route outside ``is_public`` takes a bearer key."""
 
     original = app.openapi  # FastAPI's own, with everything it knows (webhooks, tags)
 
@@ -93,6 +109,9 @@ def install_openapi(app: FastAPI, *, keys_on: bool) -> None:
                         "description": "Bad request",
                         "content": {"application/json": {"schema": error}},
                     }
+                for code, response in responses.items():
+                    if code.startswith("4") and "content" not in response:
+                        response["content"] = {"application/json": {"schema": error}}
                 responses.setdefault(
                     "default",
                     {

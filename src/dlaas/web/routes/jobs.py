@@ -1,4 +1,8 @@
-"""Every ``/v1/jobs`` route: upload many images as a job, list, read, stream, cancel."""
+"""Every ``/v1/jobs`` route: upload many images as a job, list, read, stream, cancel, delete.
+
+``POST /v1/jobs`` is built per app (``upload_router``): its schema names ``callback_url``
+only where webhooks are on, so the schema describes what this service accepts.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,9 @@ from dlaas.jobs.records import (
 )
 from dlaas.jobs.store import MAX_PAGE, JobStatus, JobStore, job_status
 from dlaas.web.context import Context, owner
+from dlaas.web.routes.docs import JOB_ID_SCHEMA, parameter_doc
 from dlaas.web.routes.sse import EVENT_STREAM_DOC, EventStreamResponse, event_stream, sse
-from dlaas.web.routes.submission import Replay, Submission
+from dlaas.web.routes.submission import KEY_SCHEMA, Replay, Submission
 from dlaas.web.uploads import multipart_doc
 
 STREAM_POLL_S = 2.0  # fallback storage check for results delivered to another web process
@@ -43,14 +48,21 @@ def manifest_or_404(jobs: JobStore, job_id: str, caller: str) -> JobManifest:
     return manifest
 
 
-@router.get("/v1/jobs")
+CURSOR_DOC = "`next_cursor` of the previous page; leave out for the newest jobs"
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: {"description": "no such job (or another owner's)"}}
+
+
+@router.get(
+    "/v1/jobs",
+    responses={400: {"description": "`cursor` is not a `next_cursor` this API returned"}},
+    openapi_extra={"parameters": [parameter_doc("cursor", "query", JOB_ID_SCHEMA, CURSOR_DOC)]},
+)
 async def list_jobs(
     request: Request,
     ctx: Context,
     limit: int = Query(20, ge=1, le=MAX_PAGE, description="most jobs in this page"),
-    cursor: str | None = Query(
-        None, description="`next_cursor` of the previous page; leave out for the newest jobs"
-    ),
+    cursor: str | None = Query(None, include_in_schema=False),  # documented above
 ) -> dict[str, Any]:
     """The caller's jobs, newest first: ID, created time, status and counts."""
     if cursor is not None and not layout.is_job_id(cursor):
@@ -75,7 +87,6 @@ async def list_jobs(
     return await run_in_threadpool(page)
 
 
-@router.post("/v1/jobs", status_code=202, openapi_extra=multipart_doc("files", many=True))
 async def create_job(
     request: Request,
     ctx: Context,
@@ -84,14 +95,8 @@ async def create_job(
         description="accept the valid files and list the refused ones in `rejected`, "
         "instead of refusing the whole job",
     ),
-    callback_url: str | None = Query(
-        None, description="POST a signed summary here once the job is finished (docs/api.md)"
-    ),
-    idempotency_key: str | None = Header(
-        None,
-        alias="Idempotency-Key",
-        description="a retry with this key and the same files within 24 h gets the first 202",
-    ),
+    callback_url: str | None = Query(None, include_in_schema=False),  # see upload_router
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key", include_in_schema=False),
 ) -> JSONResponse:
     """Upload one or many images (multipart field ``files``) as one job."""
     ingest = ctx.ingest
@@ -134,6 +139,40 @@ async def create_job(
     return JSONResponse(body, status_code=202)
 
 
+def upload_router(*, webhooks_on: bool, max_files: int) -> APIRouter:
+    """``POST /v1/jobs``, whose schema says what this service takes: non-empty files (at
+    most ``max_files``), an ``Idempotency-Key`` of the accepted shape, and ``callback_url``
+    only where webhooks are on (elsewhere it is refused with 400 ``callback_refused``)."""
+    doc = multipart_doc("files", many=True, max_files=max_files)
+    parameters = [parameter_doc("Idempotency-Key", "header", KEY_SCHEMA, KEY_DOC)]
+    if webhooks_on:
+        parameters.append(parameter_doc("callback_url", "query", CALLBACK_SCHEMA, CALLBACK_DOC))
+    doc["parameters"] = parameters
+    upload = APIRouter(tags=["jobs"])
+    upload.add_api_route(
+        "/v1/jobs",
+        create_job,
+        methods=["POST"],
+        status_code=202,
+        openapi_extra=doc,
+        responses=UPLOAD_REFUSALS,
+    )
+    return upload
+
+
+KEY_DOC = "a retry with this key and the same files within 24 h gets the first 202"
+CALLBACK_DOC = "POST a signed summary here once the job is finished (docs/api.md)"
+CALLBACK_SCHEMA = {"type": "string", "format": "uri", "pattern": "^https?://"}
+UPLOAD_REFUSALS: Responses = {
+    400: {"description": "no file, an empty file, a malformed body, or a refused key or callback"},
+    409: {"description": "the Idempotency-Key was used for other files, or is in use"},
+    413: {"description": "a file or the body is too large"},
+    415: {"description": "a file is not an image this service reads, or the body not multipart"},
+    422: {"description": "an image over --max-pixels, corrupt or cut short"},
+    429: {"description": "too many images wait; retry after `Retry-After` seconds"},
+}
+
+
 def _rejection(index: int, filename: str, exc: WebError) -> Rejection:
     return {
         "index": index,
@@ -144,7 +183,7 @@ def _rejection(index: int, filename: str, exc: WebError) -> Rejection:
     }
 
 
-@router.get("/v1/jobs/{job_id}")
+@router.get("/v1/jobs/{job_id}", responses=NOT_FOUND)
 async def get_job(job_id: str, request: Request, ctx: Context) -> dict[str, Any]:
     """Status counts and every result so far; works from any web process."""
 
@@ -177,7 +216,9 @@ def job_body(
 
 
 @router.get(
-    "/v1/jobs/{job_id}/events", response_class=EventStreamResponse, responses=EVENT_STREAM_DOC
+    "/v1/jobs/{job_id}/events",
+    response_class=EventStreamResponse,
+    responses={**EVENT_STREAM_DOC, **NOT_FOUND},
 )
 async def job_events(job_id: str, request: Request, ctx: Context) -> StreamingResponse:
     """Server-Sent Events: ``job``; ``classifying``, ``result`` per image; ``end``."""
@@ -225,40 +266,28 @@ async def job_events(job_id: str, request: Request, ctx: Context) -> StreamingRe
     return event_stream(stream())
 
 
-@router.delete(
-    "/v1/jobs/{job_id}",
+@router.post(
+    "/v1/jobs/{job_id}/cancel",
     status_code=202,
     responses={
-        200: {"description": "purged: every object of the job is gone"},
-        404: {"description": "no such job (or another owner's)"},
+        **NOT_FOUND,
         409: {"description": "the job is complete: nothing to cancel"},
     },
 )
-async def cancel_job(
-    job_id: str,
-    request: Request,
-    ctx: Context,
-    purge: bool = Query(False, description="also delete the job's inputs, results and manifest"),
-) -> JSONResponse:
+async def cancel_job(job_id: str, request: Request, ctx: Context) -> JSONResponse:
     """Cancel a job: images not yet classified never are; results so far stay readable."""
     jobs = ctx.jobs
-    caller = owner(request)
 
     def act() -> JSONResponse:
-        manifest = jobs.manifest(job_id, caller)
-        if manifest is None:
-            raise WebError(404, "job_not_found", f"no job {job_id!r}; check the job_id")
-        if purge:
-            jobs.cancel(job_id, purge=True, owner=owner_of(manifest))
-            return JSONResponse({"job_id": job_id, "status": "purged"}, status_code=200)
+        manifest = manifest_or_404(jobs, job_id, owner(request))
         results = jobs.results(job_id)
         status = jobs.status(manifest, results)
         if status.state == "complete":
             raise WebError(
                 409,
                 "job_complete",
-                f"job {job_id} is complete: nothing to cancel; DELETE with ?purge=true "
-                "removes it and its results",
+                f"job {job_id} is complete: nothing to cancel; DELETE /v1/jobs/{job_id}"
+                "?purge=true removes it and its results",
             )
         if status.state == "running":
             jobs.cancel(job_id)
@@ -266,5 +295,44 @@ async def cancel_job(
         return JSONResponse(
             {"job_id": job_id, "status": status.state, "counts": status.counts}, status_code=202
         )
+
+    return await run_in_threadpool(act)
+
+
+PURGE_SCHEMA = {"type": "boolean", "const": True}
+PURGE_DOC = "`true`, required, so that an old client's DELETE meant as a cancel removes nothing"
+
+
+@router.delete(
+    "/v1/jobs/{job_id}",
+    responses={
+        200: {"description": "deleted: every object of the job is gone; `GET` answers 404"},
+        400: {"description": "`purge=true` is missing: to cancel, POST /v1/jobs/{job_id}/cancel"},
+        **NOT_FOUND,
+    },
+    openapi_extra={
+        "parameters": [parameter_doc("purge", "query", PURGE_SCHEMA, PURGE_DOC, required=True)]
+    },
+)
+async def delete_job(
+    job_id: str,
+    request: Request,
+    ctx: Context,
+    purge: bool = Query(False, include_in_schema=False),  # documented above
+) -> JSONResponse:
+    """Delete a job: cancel it and remove its inputs, results and manifest."""
+    if not purge:
+        raise WebError(
+            400,
+            "purge_required",
+            f"DELETE removes a job and its results, and needs ?purge=true; to cancel job "
+            f"{job_id} and keep its results, POST /v1/jobs/{job_id}/cancel",
+        )
+    jobs = ctx.jobs
+
+    def act() -> JSONResponse:
+        manifest = manifest_or_404(jobs, job_id, owner(request))
+        jobs.cancel(job_id, purge=True, owner=owner_of(manifest))
+        return JSONResponse({"job_id": job_id, "status": "purged"}, status_code=200)
 
     return await run_in_threadpool(act)

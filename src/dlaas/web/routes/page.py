@@ -1,4 +1,5 @@
-"""The upload page: ``/`` and its static files, kept out of the API schema."""
+"""The upload page: ``/`` (in the schema, as ``POST /`` shares its path) and its static
+files (kept out of the schema)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from dlaas.errors import WebError
 
 MEDIA_TYPES = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter()
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, tags=["page"])
 async def index() -> HTMLResponse:
+    """The upload page, for a browser."""
     return HTMLResponse(_static_text("index.html"))
 
 
-@router.get("/static/{name}")
+@router.get("/static/{name}", include_in_schema=False)
 async def static(name: str) -> Response:
     suffix = name.rsplit(".", 1)[-1]
     if "/" in name or suffix not in MEDIA_TYPES:

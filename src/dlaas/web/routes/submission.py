@@ -26,7 +26,9 @@ from dlaas.jobs.store import PendingJob
 from dlaas.lifecycle.guard import Target, WebhookRefused, check_callback
 from dlaas.web.context import WebContext, owner
 
-_KEY = re.compile(rf"^[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}$")
+KEY_PATTERN = rf"^[!-~]{{1,{MAX_KEY_LENGTH}}}$"  # printable ASCII, no spaces
+KEY_SCHEMA = {"type": "string", "pattern": KEY_PATTERN}
+_KEY = re.compile(KEY_PATTERN)
 
 
 class Replay(Exception):
@@ -61,7 +63,7 @@ class Submission:
     ) -> Submission:
         """Check the header and the callback, and claim the key, before any upload is
         read (a 4xx at once). The caller must ``release`` the submission in any case."""
-        if idempotency_key is not None and not _KEY.match(idempotency_key):
+        if idempotency_key is not None and not _KEY.fullmatch(idempotency_key):
             raise WebError(
                 400,
                 "bad_idempotency_key",

@@ -5,13 +5,13 @@ import { announce } from "./dom.js";
 import { parseJSON } from "./format.js";
 import { renderJobSummary, showJobError } from "./jobview.js";
 
-/** DELETE /v1/jobs/{id}: images not classified yet never are; their results say so. */
+/** POST /v1/jobs/{id}/cancel: images not classified yet never are; their results say so. */
 export function cancelJob(job) {
   if (!job.id || job.status !== "running") return;
   job.view.cancel.disabled = true;
   job.view.cancel.textContent = "Cancelling…";
   const xhr = new XMLHttpRequest();
-  xhr.open("DELETE", `/v1/jobs/${encodeURIComponent(job.id)}`);
+  xhr.open("POST", `/v1/jobs/${encodeURIComponent(job.id)}/cancel`);
   auth.authorize(xhr);
   xhr.addEventListener("load", () => {
     if (xhr.status === 202) {

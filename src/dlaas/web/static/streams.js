@@ -79,7 +79,7 @@ function onResult(job, result) {
   else failItem(job, item, `Could not classify: ${result.error || "unknown error"}`);
 }
 
-/** The server's word wins: the end event can arrive before the page's DELETE returns. */
+/** The server's word wins: the end event can arrive before the page's cancel returns. */
 export function finishJob(job, status) {
   const c = counts(job);
   const wasCancelled = status === "cancelled" || job.cancelling || c.cancelled > 0;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -166,10 +167,25 @@ def _no_files(field: str) -> WebError:
     )
 
 
-def multipart_doc(field: str, *, many: bool = False) -> dict[str, object]:
+IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp, image/tiff"
+
+
+def multipart_doc(field: str, *, many: bool = False, max_files: int = 1) -> dict[str, Any]:
     """``openapi_extra`` for a route that reads its files itself: the schema (and so the
-    docs page and schema-driven tests) then know to send ``field`` as files."""
-    binary = {"type": "string", "format": "binary"}
+    docs page and schema-driven tests) then know to send ``field`` as files, each a
+    non-empty image (of the types OpenAPI's ``encoding`` names).
+
+    Whether the bytes really are an image no JSON Schema can say: a file that is not one
+    is refused with 415, or 422 when its header is broken (docs/api.md). ``max_files`` is
+    said in words, not as ``maxItems``: a fuzzer tries the bound itself, and a job of
+    10,000 files takes longer to upload than its requests wait (10 s)."""
+    binary = {"type": "string", "format": "binary", "minLength": 1}
+    files = {
+        "type": "array",
+        "items": binary,
+        "minItems": 1,
+        "description": f"at most {max_files} files (--max-files-per-job)",
+    }
     return {
         "requestBody": {
             "required": True,
@@ -178,10 +194,9 @@ def multipart_doc(field: str, *, many: bool = False) -> dict[str, object]:
                     "schema": {
                         "type": "object",
                         "required": [field],
-                        "properties": {
-                            field: {"type": "array", "items": binary} if many else binary
-                        },
-                    }
+                        "properties": {field: files if many else binary},
+                    },
+                    "encoding": {field: {"contentType": IMAGE_TYPES}},
                 }
             },
         }
