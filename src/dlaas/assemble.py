@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from dlaas.errors import ConfigError, DlaasError
+from dlaas.errors import ConfigError, DlaasError, ModelNotFound
 from dlaas.jobs.messages import Progress, Reply
 from dlaas.logs import configure_logging
 from dlaas.model.select import model_spec_from
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from dlaas.aws.protection import ScaleInProtection
     from dlaas.jobs.store import JobStore
     from dlaas.lifecycle.webhooks import WebhookDispatcher
+    from dlaas.model import Classifier, ModelSpec
+    from dlaas.model.repository import Entry
     from dlaas.queue.base import Queue
     from dlaas.scaling.controller import Controller
     from dlaas.scaling.launchers.base import Launcher
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from dlaas.web.replies import ReplyHub
     from dlaas.web.security.tenancy import Limits, OwnerBacklog
     from dlaas.worker import Worker
+    from dlaas.worker.shelf import ModelShelf
 
 __all__ = [
     "build_app",
@@ -95,7 +98,7 @@ def build_app(
     from dlaas.web.metrics import Metrics
     from dlaas.web.security import open_keyring
     from dlaas.web.uploads import BacklogGate, UploadReader
-    from dlaas.web.v2.model import ServedModel
+    from dlaas.web.v2.model import model_index_from
 
     jobs = JobStore(storage, queue)
     metrics = Metrics()
@@ -123,7 +126,7 @@ def build_app(
         metrics=metrics,
         uploads=UploadReader(settings, BacklogGate(queue, settings.max_backlog), owners),
         idempotency=IdempotencyStore(jobs),
-        served=ServedModel.from_settings(settings),
+        models=model_index_from(settings),
         keys=open_keyring(settings),
         limiter=limits.rate,
         allow_hosts=webhooks_allowed(settings),
@@ -312,8 +315,38 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
         worker_id=worker_id,
         options=WorkerOptions.from_settings(settings),
         on_busy=protection.set if protection is not None else None,
+        shelf=_model_shelf(settings, spec, classifier),
     )
     return worker, protection
+
+
+def _model_shelf(settings: Settings, spec: ModelSpec, own: Classifier) -> ModelShelf:
+    """The worker's models: its own, and the repository's versions that tasks name."""
+    from dlaas.model import Classifier
+    from dlaas.model.repository import find_entry
+    from dlaas.worker.shelf import ModelShelf
+
+    root = settings.model_cache_dir
+
+    def entry(name: str, version: int) -> Entry:
+        found = find_entry(root, name)
+        if found is None or version not in found.versions:
+            raise ModelNotFound(f"{root} has no model {name} version {version}")
+        return found
+
+    def build(name: str, version: int) -> Classifier:
+        found = entry(name, version)
+        classifier = Classifier(
+            found.runtime_spec(version), intra_op_num_threads=settings.intra_op_threads
+        )
+        most = found.config.max_batch_size  # the config's cap on one forward pass
+        classifier.set_run_batch_size(settings.run_batch_size, min(settings.batch_size, most))
+        if not 0 < classifier.run_batch_size <= most:
+            classifier.run_batch_size = most
+        return classifier
+
+    own_path = None if settings.model_path is not None else spec.onnx_path
+    return ModelShelf(own, own_path, lambda n, v: entry(n, v).onnx_path(v), build)
 
 
 def run_worker(settings: Settings) -> int:

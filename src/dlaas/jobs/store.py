@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from dlaas.errors import DlaasError, ObjectNotFound
 from dlaas.jobs import layout
@@ -154,7 +154,7 @@ class JobStore:
         return record
 
     def enqueue(
-        self, job_id: str, image_ids: Iterable[str], reply_to: str | None, **options: bool
+        self, job_id: str, image_ids: Iterable[str], reply_to: str | None, **options: Any
     ) -> int:
         """One task per image in one ``send_batch``; ``options`` are ``Task``'s flags."""
         now = time.time()

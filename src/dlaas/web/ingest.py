@@ -18,6 +18,7 @@ from dlaas.jobs import layout
 from dlaas.jobs.records import ImageEntry
 from dlaas.jobs.store import JobStore, PendingJob
 from dlaas.keys import ANONYMOUS
+from dlaas.model.index import Target
 from dlaas.web.security.tenancy import OwnerBacklog
 from dlaas.web.uploads.validate import check_image
 
@@ -69,6 +70,7 @@ class Ingest:
         manifest: bool = True,
         inline_result: bool = False,
         probabilities: bool = False,
+        target: Target | None = None,
     ) -> None:
         """Write the manifest and enqueue every image in one batch.
 
@@ -76,6 +78,7 @@ class Ingest:
         ``manifest=False`` and ``inline_result`` are a synchronous call's: it answers with
         the results from the replies, and writes the manifest only if it has to send its
         caller to ``GET /v1/jobs/<id>``. ``probabilities`` asks for every class's score.
+        ``target``: the model and version the request resolved to (None: the workers' own).
         """
         if not job.images:
             raise WebError(400, "no_files", "the upload holds no files; send one or more images")
@@ -89,6 +92,8 @@ class Ingest:
             progress=progress,
             inline_result=inline_result,
             probabilities=probabilities,
+            model=target.model if target is not None else None,
+            version=target.version if target is not None else None,
         )
         if self.owner_backlog is not None:
             self.owner_backlog.accepted(job.owner, image_ids)
@@ -104,13 +109,19 @@ class Ingest:
         image_ids: Sequence[str],
         reply_to: str,
         probabilities: bool,
+        target: Target | None = None,
     ) -> None:
         """Store and enqueue a synchronous call's images, or nothing if any is refused."""
         try:
             for (filename, data), image_id in zip(images, image_ids, strict=True):
                 self.add(job, filename, data, image_id=image_id)
             self.commit(
-                job, reply_to, manifest=False, inline_result=True, probabilities=probabilities
+                job,
+                reply_to,
+                manifest=False,
+                inline_result=True,
+                probabilities=probabilities,
+                target=target,
             )
         except BaseException:
             self.jobs.abort(job)
