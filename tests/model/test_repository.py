@@ -66,7 +66,7 @@ def test_config_errors_name_the_file_and_field(tmp_path: Path) -> None:
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / CONFIG_FILE).write_text(json.dumps({"input_size": 224, "colour": "blue"}))
-    with pytest.raises(ModelError, match="unknown field.*colour"):
+    with pytest.raises(ModelError, match=r"unknown field\(s\) colour"):
         read_entry(folder)
     (folder / CONFIG_FILE).write_text(json.dumps({"input_size": 300, "resize_size": 256}))
     with pytest.raises(ModelError, match="resize_size"):

@@ -186,7 +186,7 @@ class ModelIndex:
                 self._models[name] = ModelState(name, reason=str(exc))
             raise ModelUnavailable(str(exc)) from exc
         if entry is None:
-            raise ModelNotFound(f"unknown model {name!r}; no {self.root / name}/config.json")
+            raise ModelNotFound(f"unknown model {name!r}: the repository has no {name}/config.json")
         with self._lock:
             old = self._models.get(name)
         fresh = self._checked(entry, warm=True)

@@ -46,6 +46,8 @@ class ModelShelf:
     def get(self, model: str | None, version: int | None) -> SupportsClassify:
         if model is None or version is None:
             return self.own
+        if self._locate is None and model == self.own.name:
+            return self.own  # a worker without a repository runs its one model
         key = (model, version)
         held = self._held.get(key)
         if held is not None:

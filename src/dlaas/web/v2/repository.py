@@ -23,6 +23,7 @@ from dlaas.errors import DlaasError, ModelNotFound
 from dlaas.model.index import ModelState, Target
 from dlaas.web import sync
 from dlaas.web.context import WebContext
+from dlaas.web.v2 import schema
 
 WARM_UP_IMAGES = 2  # one small batch: the session's first runs are the slow ones
 WARM_UP_PHOTO = "chelsea.jpg"  # a public-domain photo shipped for int8 calibration
@@ -48,7 +49,7 @@ def add_repository_routes(router: APIRouter, ctx: WebContext) -> None:
                 rows.append(row)
         return [r for r in rows if r["state"] == "READY" or not only_ready]
 
-    @router.post("/v2/repository/models/{model}/load")
+    @router.post("/v2/repository/models/{model}/load", responses=_errors(400, 404))
     async def load(model: str) -> JSONResponse:
         """Read the model's folder again; warm each version it will serve that is not
         serving yet, then serve it. 400 with the reason if no version ends up READY."""
@@ -62,24 +63,28 @@ def add_repository_routes(router: APIRouter, ctx: WebContext) -> None:
             )
         return JSONResponse({})
 
-    @router.post("/v2/repository/models/{model}/unload")
+    @router.post("/v2/repository/models/{model}/unload", responses=_errors(404))
     async def unload(model: str) -> JSONResponse:
         """Stop serving the model: requests for it get 503 until it is loaded again."""
         index.unload(model)
         return JSONResponse({})
 
-    @router.get("/v2/models/{model}/config")
+    @router.get("/v2/models/{model}/config", responses=_errors(404))
     async def model_config(model: str) -> dict[str, Any]:
         """The model configuration in Triton's JSON shape."""
         return triton_config(index.get(model))
 
-    @router.get("/v2/models/{model}/versions/{version}/config")
+    @router.get("/v2/models/{model}/versions/{version}/config", responses=_errors(404))
     async def model_version_config(model: str, version: str) -> dict[str, Any]:
         """As ``GET /v2/models/{model}/config``."""
         found = index.get(model)
         if not version.isdigit() or int(version) not in found.versions:
             raise ModelNotFound(f"model {model!r} has no version {version!r}")
         return triton_config(found)
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: schema.ERRORS[code] for code in codes}
 
 
 def triton_config(model: ModelState) -> dict[str, Any]:
