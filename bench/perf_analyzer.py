@@ -19,6 +19,7 @@ import argparse
 import base64
 import json
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -37,11 +38,16 @@ def setup(venv: Path) -> None:
 
 
 def input_data(path: Path) -> Path:
-    """perf_analyzer's ``--input-data`` file: each shipped photo as one BYTES element."""
-    rows = [
-        {"image": {"b64": base64.b64encode(photo.read_bytes()).decode("ascii")}}
-        for photo in sorted(PHOTOS.glob("*.jpg"))
-    ]
+    """perf_analyzer's ``--input-data`` file: each shipped photo as one BYTES element.
+
+    For a BYTES input, ``b64`` holds the serialized tensor, as Triton's binary data
+    extension lays it out: each element a 4-byte little-endian length, then its bytes.
+    """
+    rows = []
+    for photo in sorted(PHOTOS.glob("*.jpg")):
+        data = photo.read_bytes()
+        tensor = struct.pack("<I", len(data)) + data
+        rows.append({"image": {"b64": base64.b64encode(tensor).decode("ascii")}})
     path.write_text(json.dumps({"data": rows}))
     return path
 
