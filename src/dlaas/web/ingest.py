@@ -19,6 +19,7 @@ from dlaas.jobs.records import ImageEntry
 from dlaas.jobs.store import JobStore, PendingJob
 from dlaas.keys import ANONYMOUS
 from dlaas.model.index import Target
+from dlaas.queue.base import Queue
 from dlaas.web.security.tenancy import OwnerBacklog
 from dlaas.web.uploads.validate import check_image
 
@@ -32,14 +33,18 @@ class Ingest:
         *,
         max_bytes: int,
         max_pixels: int,
-        on_accepted: Callable[[int], None] | None = None,
+        on_accepted: Callable[[int, str | None], None] | None = None,
         owner_backlog: OwnerBacklog | None = None,
+        route: Callable[[str | None], Queue] | None = None,
     ) -> None:
+        """``on_accepted(n, model)`` after each commit; ``route(model)`` is the queue a
+        model's tasks go to (None: the job store's queue for every model)."""
         self.jobs = jobs
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.on_accepted = on_accepted
         self.owner_backlog = owner_backlog
+        self.route = route
 
     def add(
         self, job: PendingJob, filename: str, data: bytes, image_id: str | None = None
@@ -85,6 +90,7 @@ class Ingest:
         if manifest:
             self.jobs.write_manifest(job)
         image_ids = [image["image_id"] for image in job.images]
+        model = target.model if target is not None else None
         self.jobs.enqueue(
             job.job_id,
             image_ids,
@@ -92,15 +98,16 @@ class Ingest:
             progress=progress,
             inline_result=inline_result,
             probabilities=probabilities,
-            model=target.model if target is not None else None,
+            model=model,
             version=target.version if target is not None else None,
+            queue=self.route(model) if self.route is not None else None,
         )
         if self.owner_backlog is not None:
             self.owner_backlog.accepted(job.owner, image_ids)
         for image_id in image_ids:
             log.info("image_accepted", extra={"job_id": job.job_id, "image_id": image_id})
         if self.on_accepted:
-            self.on_accepted(len(image_ids))
+            self.on_accepted(len(image_ids), model)
 
     def submit_sync(
         self,
