@@ -16,10 +16,10 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-from dlaas.errors import ConfigError, DlaasError, ModelNotFound
+from dlaas.errors import ConfigError, DlaasError
 from dlaas.jobs.messages import Progress, Reply
 from dlaas.logs import configure_logging
-from dlaas.model.select import model_spec_from
+from dlaas.model.select import default_model_name, model_spec_from
 from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, URL_SCHEMES, WORKER
 from dlaas.settings import Settings, load_settings
 
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from dlaas.aws.protection import ScaleInProtection
     from dlaas.jobs.store import JobStore
     from dlaas.lifecycle.webhooks import WebhookDispatcher
-    from dlaas.model import Classifier, ModelSpec
-    from dlaas.model.repository import Entry
     from dlaas.queue.base import Queue
     from dlaas.scaling.controller import Controller
     from dlaas.scaling.launchers.base import Launcher
@@ -43,7 +41,6 @@ if TYPE_CHECKING:
     from dlaas.web.replies import ReplyHub
     from dlaas.web.security.tenancy import Limits, OwnerBacklog
     from dlaas.worker import Worker
-    from dlaas.worker.shelf import ModelShelf
 
 __all__ = [
     "build_app",
@@ -51,7 +48,6 @@ __all__ = [
     "build_launcher",
     "build_pools",
     "build_worker",
-    "default_model_name",
     "model_spec_from",
     "open_limits_from",
     "open_queue_from",
@@ -214,13 +210,6 @@ def build_controller(settings: Settings, queue: Queue, storage: Storage) -> Cont
     return Controller(queue, launcher, config, interval_s=settings.scale_interval_s)
 
 
-def default_model_name(settings: Settings) -> str:
-    """The model a request that names none gets: ``--model`` (a file's stem) or Lite0."""
-    if settings.model_path is not None:
-        return settings.model_path.stem
-    return settings.model or "efficientnet-lite0"
-
-
 def build_pools(settings: Settings, queue: Queue, storage: Storage) -> ModelPools:
     """A pool per model (``dlaas.scaling.pools``) when this process starts the workers
     (the local launcher); else the one pool of ``build_controller`` for every model."""
@@ -333,6 +322,7 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
     from dlaas.model import Classifier
     from dlaas.worker import Worker, WorkerOptions
     from dlaas.worker.preload import classifier_for
+    from dlaas.worker.shelf import repository_shelf
 
     worker_id = settings.worker_id or default_worker_id()
     t0 = time.monotonic()
@@ -360,38 +350,9 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
         worker_id=worker_id,
         options=WorkerOptions.from_settings(settings),
         on_busy=protection.set if protection is not None else None,
-        shelf=_model_shelf(settings, spec, classifier),
+        shelf=repository_shelf(settings, spec, classifier),
     )
     return worker, protection
-
-
-def _model_shelf(settings: Settings, spec: ModelSpec, own: Classifier) -> ModelShelf:
-    """The worker's models: its own, and the repository's versions that tasks name."""
-    from dlaas.model import Classifier
-    from dlaas.model.repository import find_entry
-    from dlaas.worker.shelf import ModelShelf
-
-    root = settings.model_cache_dir
-
-    def entry(name: str, version: int) -> Entry:
-        found = find_entry(root, name)
-        if found is None or version not in found.versions:
-            raise ModelNotFound(f"{root} has no model {name} version {version}")
-        return found
-
-    def build(name: str, version: int) -> Classifier:
-        found = entry(name, version)
-        classifier = Classifier(
-            found.runtime_spec(version), intra_op_num_threads=settings.intra_op_threads
-        )
-        most = found.config.max_batch_size  # the config's cap on one forward pass
-        classifier.set_run_batch_size(settings.run_batch_size, min(settings.batch_size, most))
-        if not 0 < classifier.run_batch_size <= most:
-            classifier.run_batch_size = most
-        return classifier
-
-    own_path = None if settings.model_path is not None else spec.onnx_path
-    return ModelShelf(own, own_path, lambda n, v: entry(n, v).onnx_path(v), build)
 
 
 def run_worker(settings: Settings) -> int:

@@ -316,16 +316,10 @@ class Settings(BaseSettings):
 
     @property
     def model_path(self) -> Path | None:
-        """The user's own ONNX file, or None for a built-in model or a repository one."""
-        if self.model is None or self.model in BUILTIN_MODELS or self.repository_model:
-            return None
-        return Path(self.model)
-
-    @property
-    def repository_model(self) -> bool:
-        """Whether --model names a model folder of the repository (--model-dir)."""
-        name = self.model or ""
-        return "/" not in name and (self.model_cache_dir / name / "config.json").is_file()
+        """The user's own ONNX file; None for a built-in model or a repository folder."""
+        name = self.model or BUILTIN_MODELS[0]
+        folder = "/" not in name and (self.model_cache_dir / name / "config.json").is_file()
+        return None if name in BUILTIN_MODELS or folder else Path(name)
 
     @property
     def builtin_model(self) -> str | None:

@@ -30,7 +30,7 @@ def model_spec_from(settings: Settings, *, force: bool = False) -> ModelSpec:
         )
         return load_custom_model(settings.model_path, settings.labels, preprocessing)
     name = settings.builtin_model or MODEL_NAME
-    if settings.repository_model and name not in FP32_MODELS and name != INT8_NAME:
+    if name not in FP32_MODELS and name != INT8_NAME:  # a folder of the repository
         entry = find_entry(settings.model_cache_dir, name)
         if entry is None or not entry.versions:
             raise ModelError(f"model {name} in {settings.model_cache_dir} has no version folder")
@@ -43,3 +43,10 @@ def model_spec_from(settings: Settings, *, force: bool = False) -> ModelSpec:
         spec = ensure_model(settings.model_cache_dir, name, force=force)
     publish_builtin(spec, settings.model_cache_dir / name)
     return spec
+
+
+def default_model_name(settings: Settings) -> str:
+    """The model a request that names none gets: ``--model`` (a file's stem) or Lite0."""
+    if settings.model_path is not None:
+        return settings.model_path.stem
+    return settings.model or MODEL_NAME

@@ -16,7 +16,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from dlaas.errors import ModelError
+from dlaas.errors import ModelError, ModelNotFound
+from dlaas.model.repository import Entry, find_entry
+from dlaas.model.spec import ModelSpec
+from dlaas.settings import Settings
 from dlaas.worker.outcome import SupportsClassify
 
 log = logging.getLogger("dlaas.worker")
@@ -83,3 +86,31 @@ def _same(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def repository_shelf(settings: Settings, spec: ModelSpec, own: SupportsClassify) -> ModelShelf:
+    """A worker's models: its own (``spec``), and the repository's versions tasks name,
+    each cut to its config's ``max_batch_size`` per forward pass."""
+    from dlaas.model import Classifier
+
+    root = settings.model_cache_dir
+
+    def entry(name: str, version: int) -> Entry:
+        found = find_entry(root, name)
+        if found is None or version not in found.versions:
+            raise ModelNotFound(f"{root} has no model {name} version {version}")
+        return found
+
+    def build(name: str, version: int) -> SupportsClassify:
+        found = entry(name, version)
+        classifier = Classifier(
+            found.runtime_spec(version), intra_op_num_threads=settings.intra_op_threads
+        )
+        most = found.config.max_batch_size
+        classifier.set_run_batch_size(settings.run_batch_size, min(settings.batch_size, most))
+        if not 0 < classifier.run_batch_size <= most:
+            classifier.run_batch_size = most
+        return classifier
+
+    own_path = None if settings.model_path is not None else spec.onnx_path
+    return ModelShelf(own, own_path, lambda n, v: entry(n, v).onnx_path(v), build)

@@ -4,6 +4,7 @@ settings as the workers."""
 from __future__ import annotations
 
 from dlaas.model.index import ModelIndex, ModelState, VersionState
+from dlaas.model.select import default_model_name
 from dlaas.model.spec import ModelSpec
 from dlaas.settings import Settings
 
@@ -30,7 +31,7 @@ def model_index_from(settings: Settings) -> ModelIndex:
             preprocessing,
         )
         return ModelIndex(None, spec.name, single=spec)
-    default = settings.model or "efficientnet-lite0"
+    default = default_model_name(settings)
     index = ModelIndex(settings.model_cache_dir, default)
     index.scan_all()
     if default not in {m.name for m in index.models()}:
