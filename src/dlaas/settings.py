@@ -145,12 +145,14 @@ class Settings(BaseSettings):
     )
 
     # Model.
-    model_dir: Path | None = Field(None, description="model cache (default <data-dir>/models)")
+    model_dir: Path | None = Field(
+        None,
+        description="model repository: every model in it is served (default <data-dir>/models)",
+    )
     model: str | None = Field(
         None,
-        description="efficientnet-lite0 (the default), efficientnet-lite0-int8,"
-        " efficientnet-lite1, efficientnet-lite2, or the path of your own ONNX classifier"
-        " (with --labels)",
+        description="the default model: efficientnet-lite0 (the default), -lite0-int8, -lite1,"
+        " -lite2, a model of --model-dir, or the path of your own ONNX file (with --labels)",
     )
     labels: Path | None = Field(
         None, description="labels file for your own --model file, one class per line"

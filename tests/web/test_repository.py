@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,13 @@ def client(server: ServeProcess) -> Iterator[Any]:
     c = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
     yield c
     c.close()
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s"
+        time.sleep(0.1)
 
 
 def classify(url: str, photo: bytes, **params: str) -> httpx.Response:
@@ -152,12 +159,13 @@ def test_a_new_version_loads_under_load_without_a_failed_request(
     for t in threads:
         t.start()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: 1 in versions)  # the pool has started; version 1 answers
         version_2 = repo / "my-classifier" / "2"
         version_2.mkdir()
         (version_2 / "model.onnx").write_bytes((repo / "my-classifier/1/model.onnx").read_bytes())
         client.load_model("my-classifier")
-        time.sleep(1.0)
+        wait_until(lambda: 2 in versions)
+        time.sleep(0.5)
     finally:
         stop.set()
         for t in threads:
