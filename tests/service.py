@@ -7,6 +7,8 @@ a test needing other settings builds its own ``Service(spec, **settings)``.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import uuid
 from typing import Any
@@ -38,6 +40,10 @@ class Service:
         name = uuid.uuid4().hex[:8]
         self.storage: Storage = storage or open_storage(f"memory://{name}")
         self.queue: Queue = open_queue(f"memory://{name}", name="input")
+        # An empty model repository: the worker thread runs ``spec`` as its own model,
+        # whatever the checkout's .dlaas/models holds.
+        self._models = tempfile.mkdtemp(prefix="dlaas-models-")
+        overrides.setdefault("model_dir", self._models)
         self.settings = load_settings(**overrides)
         self.app = build_app(self.settings, self.storage, self.queue)
         options = WorkerOptions(
@@ -61,6 +67,7 @@ class Service:
         self.worker.stop()
         if self.thread.is_alive():
             self.thread.join(timeout=10)
+        shutil.rmtree(self._models, ignore_errors=True)
 
 
 def files(*payloads: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from dlaas.errors import ConfigError, DlaasError
 from dlaas.jobs.messages import Progress, Reply
 from dlaas.logs import configure_logging
-from dlaas.model.select import model_spec_from
+from dlaas.model.select import default_model_name, model_spec_from
 from dlaas.setting_groups import COMMON, MODEL, REMOTE_WORKER, URL_SCHEMES, WORKER
 from dlaas.settings import Settings, load_settings
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from dlaas.queue.base import Queue
     from dlaas.scaling.controller import Controller
     from dlaas.scaling.launchers.base import Launcher
+    from dlaas.scaling.pools import ModelPools
     from dlaas.storage.base import Storage
     from dlaas.web.metrics import Metrics
     from dlaas.web.replies import ReplyHub
@@ -45,6 +46,7 @@ __all__ = [
     "build_app",
     "build_controller",
     "build_launcher",
+    "build_pools",
     "build_worker",
     "model_spec_from",
     "open_limits_from",
@@ -78,15 +80,18 @@ def build_app(
     queue: Queue,
     *,
     stats_provider: Callable[[], dict[str, Any]] | None = None,
-    on_enqueued: Callable[[], None] | None = None,
+    on_enqueued: Callable[[str | None], None] | None = None,
     workers_readiness: Callable[[], str] | None = None,
     limits: Limits | None = None,
+    queue_for: Callable[[str | None], Queue] | None = None,
 ) -> FastAPI:
     """The web app around already-open backends, every part built here once:
     ``stats_provider`` is the controller's ``stats``; ``on_enqueued`` its ``wake`` (an
     idle service starts workers the moment a job arrives); ``workers_readiness`` the
     launcher's ``readiness``, which ``/readyz`` waits for too; ``limits`` the owner limits
-    shared with other replicas (``open_limits_from``), else kept in this process."""
+    shared with other replicas (``open_limits_from``), else kept in this process;
+    ``queue_for`` the pools' ``queue_for`` (a model's tasks go to its pool's queue; None:
+    every task to ``queue``)."""
     from dlaas.jobs.idempotency import IdempotencyStore
     from dlaas.jobs.store import JobStore
     from dlaas.lifecycle.webhooks import build_dispatcher, webhooks_allowed
@@ -95,7 +100,7 @@ def build_app(
     from dlaas.web.metrics import Metrics
     from dlaas.web.security import open_keyring
     from dlaas.web.uploads import BacklogGate, UploadReader
-    from dlaas.web.v2.model import ServedModel
+    from dlaas.web.v2.model import model_index_from
 
     jobs = JobStore(storage, queue)
     metrics = Metrics()
@@ -103,10 +108,10 @@ def build_app(
     owners, dispatcher = limits.backlog, build_dispatcher(settings, jobs)
     hub = _reply_hub(settings, jobs, metrics, owners, dispatcher)
 
-    def accepted(n: int) -> None:
+    def accepted(n: int, model: str | None) -> None:
         metrics.images_accepted(n)
         if on_enqueued is not None:
-            on_enqueued()
+            on_enqueued(model)
 
     ingest = Ingest(
         jobs,
@@ -114,6 +119,7 @@ def build_app(
         max_pixels=settings.max_pixels,
         on_accepted=accepted,
         owner_backlog=owners,
+        route=queue_for,
     )
     ctx = WebContext(
         settings=settings,
@@ -123,7 +129,7 @@ def build_app(
         metrics=metrics,
         uploads=UploadReader(settings, BacklogGate(queue, settings.max_backlog), owners),
         idempotency=IdempotencyStore(jobs),
-        served=ServedModel.from_settings(settings),
+        models=model_index_from(settings),
         keys=open_keyring(settings),
         limiter=limits.rate,
         allow_hosts=webhooks_allowed(settings),
@@ -202,6 +208,37 @@ def build_controller(settings: Settings, queue: Queue, storage: Storage) -> Cont
     launcher = build_launcher(settings, storage, fixed=settings.workers is not None)
     config = PolicyConfig.from_settings(settings)
     return Controller(queue, launcher, config, interval_s=settings.scale_interval_s)
+
+
+def build_pools(settings: Settings, queue: Queue, storage: Storage) -> ModelPools:
+    """A pool per model (``dlaas.scaling.pools``) when this process starts the workers
+    (the local launcher); else the one pool of ``build_controller`` for every model."""
+    from dlaas.scaling.controller import Controller
+    from dlaas.scaling.policy import PolicyConfig
+    from dlaas.scaling.pools import ModelPools
+
+    default = default_model_name(settings)
+    per_model = settings.launcher == "local" and settings.workers != 0
+    per_model = per_model and settings.model_path is None
+
+    def make(model: str) -> Controller:
+        if model == default:
+            return build_controller(settings, queue, storage)
+        name = f"{settings.queue_name}-{model}"
+        own = settings.model_copy(
+            update={
+                "model": model,
+                "queue_name": name,
+                "workers": None,
+                "min_workers": 0,
+                "max_workers": settings.workers or settings.max_workers,
+            }
+        )
+        launcher = build_launcher(own, storage, fixed=False)
+        config = PolicyConfig.from_settings(own)
+        return Controller(open_queue_from(own), launcher, config, interval_s=own.scale_interval_s)
+
+    return ModelPools(default, make, shared=not per_model)
 
 
 def build_launcher(settings: Settings, storage: Storage, *, fixed: bool) -> Launcher:
@@ -285,6 +322,7 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
     from dlaas.model import Classifier
     from dlaas.worker import Worker, WorkerOptions
     from dlaas.worker.preload import classifier_for
+    from dlaas.worker.shelf import repository_shelf
 
     worker_id = settings.worker_id or default_worker_id()
     t0 = time.monotonic()
@@ -312,6 +350,7 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
         worker_id=worker_id,
         options=WorkerOptions.from_settings(settings),
         on_busy=protection.set if protection is not None else None,
+        shelf=repository_shelf(settings, spec, classifier),
     )
     return worker, protection
 

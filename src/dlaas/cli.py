@@ -10,6 +10,7 @@ import argparse
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from dlaas import __version__
@@ -98,6 +99,9 @@ def _add_classify_parser(sub: Any) -> None:
         help="follow the job to its end (--no-wait: print the job ID and return)",
     )
     classify.add_argument(
+        "--model", default=None, help="the model to use (GET /v1/models); default: the service's"
+    )
+    classify.add_argument(
         "--api-key",
         default=None,
         help="the key to send, when the service needs one [env DLAAS_API_KEY]",
@@ -130,6 +134,60 @@ def _add_model_parser(sub: Any) -> None:
         " efficientnet-lite0-int8)",
     )
     build.add_argument("--force", action="store_true", help="rebuild even if the cache is valid")
+    _add_model_add_parser(model_sub)
+
+
+def _add_model_add_parser(model_sub: Any) -> None:
+    add = model_sub.add_parser(
+        "add",
+        help="add your own ONNX classifier to a model repository (--model-dir)",
+        description="Check FILE as `dlaas serve --model FILE --labels L` would, then copy it"
+        " into <model-dir>/NAME/<next version>/model.onnx with its labels and config.json.",
+    )
+    add.add_argument("name", metavar="NAME", help="the model's name in requests (?model=NAME)")
+    add.add_argument("--onnx", required=True, type=Path, help="the ONNX classifier file")
+    add.add_argument("--labels", required=True, type=Path, help="labels file, one per line")
+    add.add_argument("--model-dir", type=Path, default=None, help="the repository (default"
+                     " <data-dir>/models) [env DLAAS_MODEL_DIR]")  # fmt: skip
+    add.add_argument("--data-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    add.add_argument("--version", type=int, default=None, help="version number (default next)")
+    add.add_argument("--input-size", type=int, default=224, help="crop size")
+    add.add_argument("--resize-size", type=int, default=256,
+                     help="short side before the centre crop")  # fmt: skip
+    add.add_argument("--mean", default="127,127,127", help="per-channel mean on 0..255")
+    add.add_argument("--std", default="128,128,128", help="per-channel std on 0..255")
+    add.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW")
+    add.add_argument("--max-batch-size", type=int, default=8, help="images per forward pass")
+    add.add_argument("--version-policy", choices=["latest", "all"], default="latest",
+                     help="serve the newest version only, or every version")  # fmt: skip
+
+
+def _model_add(args: argparse.Namespace) -> int:
+    from dlaas.model.repository import ModelConfig, add_model
+    from dlaas.model.spec import Preprocessing
+
+    preprocessing = Preprocessing(
+        input_size=args.input_size,
+        resize_size=args.resize_size,
+        mean=_rgb(args.mean, "--mean"),
+        std=_rgb(args.std, "--std"),
+        layout=args.layout,
+    )
+    config = ModelConfig(preprocessing, max_batch_size=args.max_batch_size,
+                         version_policy=args.version_policy)  # fmt: skip
+    given = {k: v for k, v in (("model_dir", args.model_dir), ("data_dir", args.data_dir)) if v}
+    root = load_settings(**given).model_cache_dir
+    entry, version = add_model(root, args.name, args.onnx, args.labels, config, args.version)
+    print(f"model {entry.name} version {version} added at {entry.onnx_path(version)}")
+    return 0
+
+
+def _rgb(text: str, flag: str) -> tuple[float, float, float]:
+    try:
+        a, b, c = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} takes three numbers like 127,127,127, not {text!r}") from None
+    return (a, b, c)
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -172,6 +230,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             timeout_s=args.timeout_s,
             api_key=_api_key(args),
             wait=args.wait,
+            model=args.model,
         )
     if args.command == "jobs":
         from dlaas.client_jobs import run_jobs
@@ -179,6 +238,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_jobs(args, _api_key(args))
     if args.command == "keys":
         return _keys(args)
+    if args.command == "model" and args.model_command == "add":
+        return _model_add(args)
 
     settings = _settings_from(args)
     configure_logging(settings.log_level)

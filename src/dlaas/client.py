@@ -43,9 +43,18 @@ def collect_files(paths: Sequence[str]) -> list[Path]:
 
 
 def multipart_body(
-    files: Sequence[Path], boundary: str, progress: Any = None, task: Any = None
+    files: Sequence[Path],
+    boundary: str,
+    progress: Any = None,
+    task: Any = None,
+    model: str | None = None,
 ) -> Iterator[bytes]:
-    """Stream a multipart body one file at a time, so a big folder never sits in memory."""
+    """Stream a multipart body one file at a time, so a big folder never sits in memory;
+    ``model`` goes first, as the form field that names the model."""
+    if model:
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+        ).encode()
     for path in files:
         name = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
         yield (
@@ -60,12 +69,16 @@ def multipart_body(
 
 
 def upload(
-    client: httpx.Client, files: Sequence[Path], progress: Any = None, task: Any = None
+    client: httpx.Client,
+    files: Sequence[Path],
+    progress: Any = None,
+    task: Any = None,
+    model: str | None = None,
 ) -> dict[str, Any]:
     boundary = uuid.uuid4().hex
     response = client.post(
         "/v1/jobs?partial=true",
-        content=multipart_body(files, boundary, progress, task),
+        content=multipart_body(files, boundary, progress, task, model),
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     if response.status_code != 202:
@@ -104,8 +117,10 @@ def run_classify(
     timeout_s: float,
     api_key: str | None = None,
     wait: bool = True,
+    model: str | None = None,
 ) -> int:
-    """Upload, then follow the job to its end; with ``wait=False`` print its ID and return."""
+    """Upload, then follow the job to its end; with ``wait=False`` print its ID and return.
+    ``model`` names the model (GET /v1/models); None: the service's default."""
     console = Console(stderr=True)
     try:
         files = collect_files(paths)
@@ -125,7 +140,7 @@ def run_classify(
             ) as progress,
         ):
             up = progress.add_task("uploading", total=len(files))
-            job = upload(client, files, progress, up)
+            job = upload(client, files, progress, up, model)
             if not wait:
                 progress.stop()
                 print(job["job_id"])

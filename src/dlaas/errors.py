@@ -40,6 +40,14 @@ class ImageError(ModelError):
     """An image could not be decoded; the message is safe to show in a result."""
 
 
+class ModelNotFound(ModelError):
+    """A request named a model or version that the repository does not hold (404)."""
+
+
+class ModelUnavailable(ModelError):
+    """The model is known but has no READY version: broken, loading or unloaded (503)."""
+
+
 class ScalingError(DlaasError):
     """The controller or a launcher failed."""
 

@@ -9,6 +9,7 @@ import threading
 from dlaas.assemble import (
     build_app,
     build_controller,
+    build_pools,
     model_spec_from,
     open_limits_from,
     open_queue_from,
@@ -38,18 +39,19 @@ def run_serve(settings: Settings) -> int:
     # Idempotency-Key claims need an atomic create-if-absent; says so if the store lacks it.
     storage.probe_atomic_create(layout.probe_key())
     queue = open_queue_from(settings)
-    controller = build_controller(settings, queue, storage)
+    pools = build_pools(settings, queue, storage)
     limits = open_limits_from(settings)
     stop = threading.Event()
-    thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
+    thread = threading.Thread(target=pools.run, args=(stop,), name="controllers", daemon=True)
     app = build_app(
         settings,
         storage,
         queue,
-        stats_provider=controller.stats,
-        on_enqueued=controller.wake,
-        workers_readiness=controller.launcher.readiness,
+        stats_provider=pools.stats,
+        on_enqueued=pools.wake,
+        workers_readiness=pools.readiness,
         limits=limits,
+        queue_for=pools.queue_for,
     )
     server = uvicorn.Server(
         uvicorn.Config(
@@ -75,7 +77,7 @@ def run_serve(settings: Settings) -> int:
         thread.join(timeout=10)
         if janitor is not None:
             janitor.stop()
-        controller.launcher.close()
+        pools.close()
         limits.close()
         queue.close()
         storage.close()

@@ -145,12 +145,14 @@ class Settings(BaseSettings):
     )
 
     # Model.
-    model_dir: Path | None = Field(None, description="model cache (default <data-dir>/models)")
+    model_dir: Path | None = Field(
+        None,
+        description="model repository: every model in it is served (default <data-dir>/models)",
+    )
     model: str | None = Field(
         None,
-        description="efficientnet-lite0 (the default), efficientnet-lite0-int8,"
-        " efficientnet-lite1, efficientnet-lite2, or the path of your own ONNX classifier"
-        " (with --labels)",
+        description="the default model: efficientnet-lite0 (the default), -lite0-int8, -lite1,"
+        " -lite2, a model of --model-dir, or the path of your own ONNX file (with --labels)",
     )
     labels: Path | None = Field(
         None, description="labels file for your own --model file, one class per line"
@@ -316,10 +318,10 @@ class Settings(BaseSettings):
 
     @property
     def model_path(self) -> Path | None:
-        """The user's own ONNX file, or None for a built-in model."""
-        if self.model is None or self.model in BUILTIN_MODELS:
-            return None
-        return Path(self.model)
+        """The user's own ONNX file; None for a built-in model or a repository folder."""
+        name = self.model or BUILTIN_MODELS[0]
+        folder = "/" not in name and (self.model_cache_dir / name / "config.json").is_file()
+        return None if name in BUILTIN_MODELS or folder else Path(name)
 
     @property
     def builtin_model(self) -> str | None:

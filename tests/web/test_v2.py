@@ -76,7 +76,10 @@ def split_binary(body: bytes, header_length: str) -> tuple[dict[str, Any], bytes
 
 
 def test_metadata_names_the_served_model_and_its_tensors(client: TestClient) -> None:
-    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data", "classification"]
+    extensions = client.get("/v2").json()["extensions"]
+    assert extensions == [
+        "binary_tensor_data", "classification", "model_repository", "model_configuration",
+    ]  # fmt: skip
     metadata = client.get("/v2/models/model").json()
     assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
@@ -204,9 +207,9 @@ def test_refusals_keep_their_status_codes(tiny_spec: ModelSpec, small_jpeg: byte
     try:
         with TestClient(svc.app) as client:
             cases = [
-                (client.get("/v2/models/resnet"), 404, "serves 'model'"),
-                (client.get("/v2/models/model/versions/7"), 404, "version 1"),
-                (client.get("/v2/repository/index"), 404, "Not Found"),
+                (client.get("/v2/models/resnet"), 404, "unknown model 'resnet'"),
+                (client.get("/v2/models/model/versions/7"), 404, "no version '7'"),
+                (client.get("/v2/repository/index"), 405, "Method Not Allowed"),
                 (client.post(INFER, json=json_request([b"hello"])), 415, "not an image"),
                 (client.post(INFER, json=json_request([small_jpeg, truncated])), 422, "file 2"),
                 (client.post(INFER, json=json_request([big])), 413, "limit"),

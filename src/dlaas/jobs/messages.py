@@ -42,6 +42,10 @@ class Task:
     # Also send every class's score (``ResultRecord.probabilities``): the Open Inference
     # Protocol's FP32 output, and its classification extension past the top-k.
     probabilities: bool = False
+    # The repository model and version to run; None: the worker's own model (a service
+    # of one ``--model FILE``, or a task from before models had names).
+    model: str | None = None
+    version: int | None = None
 
     @classmethod
     def of(cls, job_id: str, image_id: str, **options: Any) -> Task:
@@ -64,6 +68,8 @@ class Task:
                 "progress": self.progress,
                 "inline_result": self.inline_result,
                 "probabilities": self.probabilities,
+                "model": self.model,
+                "version": self.version,
             }
         ).decode()
 
@@ -79,6 +85,8 @@ class Task:
             progress=bool(data.get("progress", False)),
             inline_result=bool(data.get("inline_result", False)),
             probabilities=bool(data.get("probabilities", False)),
+            model=None if data.get("model") is None else str(data["model"]),
+            version=None if data.get("version") is None else int(data["version"]),
         )
 
 

@@ -50,6 +50,7 @@ class ResultRecord(TypedDict):
     received_at: float | None
     completed_at: float
     probabilities: NotRequired[str]  # only when the task asked (``pack_scores``)
+    model_version: NotRequired[int]  # the repository version that ran, when it had one
     filename: NotRequired[str]  # added by the web tier from the manifest, never stored
 
 
@@ -254,6 +255,7 @@ def result_record(
     enqueued_at: float | None = None,
     received_at: float | None = None,
     probabilities: str | None = None,
+    model_version: int | None = None,
 ) -> ResultRecord:
     """Top-k predictions or the failure reason; ``received_at`` is when the worker took
     the message off the queue. ``probabilities``, only when the task asked for them:
@@ -273,6 +275,8 @@ def result_record(
     }
     if probabilities is not None:
         record["probabilities"] = probabilities
+    if model_version is not None:
+        record["model_version"] = model_version
     return record
 
 

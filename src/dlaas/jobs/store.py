@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from dlaas.errors import DlaasError, ObjectNotFound
 from dlaas.jobs import layout
@@ -154,16 +154,23 @@ class JobStore:
         return record
 
     def enqueue(
-        self, job_id: str, image_ids: Iterable[str], reply_to: str | None, **options: bool
+        self,
+        job_id: str,
+        image_ids: Iterable[str],
+        reply_to: str | None,
+        *,
+        queue: Queue | None = None,
+        **options: Any,
     ) -> int:
-        """One task per image in one ``send_batch``; ``options`` are ``Task``'s flags."""
+        """One task per image in one ``send_batch`` to ``queue`` (default the job store's:
+        a model's own queue when it has one); ``options`` are ``Task``'s fields."""
         now = time.time()
         tasks = [
             Task.of(job_id, image_id, reply_to=reply_to, enqueued_at=now, **options).to_json()
             for image_id in image_ids
         ]
         if tasks:
-            self.queue.send_batch(tasks)
+            (queue or self.queue).send_batch(tasks)
         return len(tasks)
 
     def abort(self, job: PendingJob) -> None:

@@ -23,10 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from dlaas import __version__
-from dlaas.errors import DlaasError, WebError
+from dlaas.errors import DlaasError, ModelNotFound, ModelUnavailable, WebError
 from dlaas.web import security, v2
 from dlaas.web.context import WebContext
-from dlaas.web.routes import classify, docs, jobs, ops, page, whoami
+from dlaas.web.routes import classify, docs, jobs, models, ops, page, whoami
 
 log = logging.getLogger("dlaas.web")
 
@@ -64,6 +64,7 @@ def create_app(ctx: WebContext) -> FastAPI:
             webhooks_on=bool(ctx.allow_hosts), max_files=ctx.settings.max_files_per_job
         )
     )
+    app.include_router(models.router)
     app.include_router(classify.build_router(ctx.settings.classify_timeout_s))
     app.include_router(v2.build_router(ctx))  # early: routes are matched in order
     app.include_router(page.router)
@@ -108,6 +109,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         body: dict[str, Any] = {"error": exc.error, "detail": exc.detail}
         body.update(exc.extra)
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ModelNotFound)
+    async def _no_model(request: Request, exc: ModelNotFound) -> JSONResponse:
+        return await _web_error(request, WebError(404, "model_not_found", str(exc)))
+
+    @app.exception_handler(ModelUnavailable)
+    async def _model_down(request: Request, exc: ModelUnavailable) -> JSONResponse:
+        return await _web_error(request, WebError(503, "model_unavailable", str(exc)))
 
     @app.exception_handler(DlaasError)
     async def _backend_error(request: Request, exc: DlaasError) -> JSONResponse:

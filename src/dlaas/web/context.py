@@ -17,13 +17,13 @@ from dlaas.jobs.idempotency import IdempotencyStore
 from dlaas.jobs.store import JobStore
 from dlaas.keys import ANONYMOUS, KeyRing
 from dlaas.lifecycle.webhooks import WebhookDispatcher
+from dlaas.model.index import ModelIndex
 from dlaas.settings import Settings
 from dlaas.web.ingest import Ingest
 from dlaas.web.metrics import Metrics
 from dlaas.web.replies import ReplyHub
 from dlaas.web.security.tenancy import RateLimiter
 from dlaas.web.uploads import UploadReader
-from dlaas.web.v2.model import ServedModel
 
 
 @dataclass
@@ -42,7 +42,7 @@ class WebContext:
     metrics: Metrics
     uploads: UploadReader
     idempotency: IdempotencyStore
-    served: ServedModel
+    models: ModelIndex
     keys: KeyRing | None = None
     limiter: RateLimiter | None = None
     allow_hosts: tuple[str, ...] = ()

@@ -18,6 +18,8 @@ from dlaas.jobs import layout
 from dlaas.jobs.records import ImageEntry
 from dlaas.jobs.store import JobStore, PendingJob
 from dlaas.keys import ANONYMOUS
+from dlaas.model.index import Target
+from dlaas.queue.base import Queue
 from dlaas.web.security.tenancy import OwnerBacklog
 from dlaas.web.uploads.validate import check_image
 
@@ -31,14 +33,18 @@ class Ingest:
         *,
         max_bytes: int,
         max_pixels: int,
-        on_accepted: Callable[[int], None] | None = None,
+        on_accepted: Callable[[int, str | None], None] | None = None,
         owner_backlog: OwnerBacklog | None = None,
+        route: Callable[[str | None], Queue] | None = None,
     ) -> None:
+        """``on_accepted(n, model)`` after each commit; ``route(model)`` is the queue a
+        model's tasks go to (None: the job store's queue for every model)."""
         self.jobs = jobs
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.on_accepted = on_accepted
         self.owner_backlog = owner_backlog
+        self.route = route
 
     def add(
         self, job: PendingJob, filename: str, data: bytes, image_id: str | None = None
@@ -69,6 +75,7 @@ class Ingest:
         manifest: bool = True,
         inline_result: bool = False,
         probabilities: bool = False,
+        target: Target | None = None,
     ) -> None:
         """Write the manifest and enqueue every image in one batch.
 
@@ -76,12 +83,14 @@ class Ingest:
         ``manifest=False`` and ``inline_result`` are a synchronous call's: it answers with
         the results from the replies, and writes the manifest only if it has to send its
         caller to ``GET /v1/jobs/<id>``. ``probabilities`` asks for every class's score.
+        ``target``: the model and version the request resolved to (None: the workers' own).
         """
         if not job.images:
             raise WebError(400, "no_files", "the upload holds no files; send one or more images")
         if manifest:
             self.jobs.write_manifest(job)
         image_ids = [image["image_id"] for image in job.images]
+        model = target.model if target is not None else None
         self.jobs.enqueue(
             job.job_id,
             image_ids,
@@ -89,13 +98,16 @@ class Ingest:
             progress=progress,
             inline_result=inline_result,
             probabilities=probabilities,
+            model=model,
+            version=target.version if target is not None else None,
+            queue=self.route(model) if self.route is not None else None,
         )
         if self.owner_backlog is not None:
             self.owner_backlog.accepted(job.owner, image_ids)
         for image_id in image_ids:
             log.info("image_accepted", extra={"job_id": job.job_id, "image_id": image_id})
         if self.on_accepted:
-            self.on_accepted(len(image_ids))
+            self.on_accepted(len(image_ids), model)
 
     def submit_sync(
         self,
@@ -104,13 +116,19 @@ class Ingest:
         image_ids: Sequence[str],
         reply_to: str,
         probabilities: bool,
+        target: Target | None = None,
     ) -> None:
         """Store and enqueue a synchronous call's images, or nothing if any is refused."""
         try:
             for (filename, data), image_id in zip(images, image_ids, strict=True):
                 self.add(job, filename, data, image_id=image_id)
             self.commit(
-                job, reply_to, manifest=False, inline_result=True, probabilities=probabilities
+                job,
+                reply_to,
+                manifest=False,
+                inline_result=True,
+                probabilities=probabilities,
+                target=target,
             )
         except BaseException:
             self.jobs.abort(job)

@@ -20,6 +20,7 @@ from dlaas.jobs import layout
 from dlaas.jobs.messages import Finished
 from dlaas.jobs.records import ResultRecord
 from dlaas.jobs.store import PendingJob
+from dlaas.model.index import Target
 from dlaas.web.ingest import Ingest
 from dlaas.web.replies import ReplyHub
 
@@ -50,6 +51,7 @@ async def classify(
     owner: str,
     probabilities: bool = False,
     started_at: float | None = None,
+    target: Target | None = None,
 ) -> list[ResultRecord] | StillQueued:
     """Each image's result record, in order, with its filename and the web tier's hops
     (``started_at``: when the request arrived); ``StillQueued`` on timeout."""
@@ -58,7 +60,7 @@ async def classify(
     image_ids = [layout.new_id() for _ in images]
     futures = [hub.expect(image_id) for image_id in image_ids]
     try:
-        args = (job, images, image_ids, hub.name, probabilities)
+        args = (job, images, image_ids, hub.name, probabilities, target)
         await run_in_threadpool(ingest.submit_sync, *args)
         done, pending = await asyncio.wait(futures, timeout=timeout_s)
     except BaseException:

@@ -28,6 +28,7 @@ from dlaas.worker.heartbeat import HealthReporter, VisibilityHeartbeat, process_
 from dlaas.worker.options import WorkerOptions
 from dlaas.worker.outcome import Admitted, Failed, Outcome, Retry, SupportsClassify
 from dlaas.worker.settle import Settler
+from dlaas.worker.shelf import ModelShelf
 
 log = logging.getLogger("dlaas.worker")
 
@@ -46,10 +47,12 @@ class Worker:
         worker_id: str,
         options: WorkerOptions | None = None,
         on_busy: Callable[[bool], None] | None = None,
+        shelf: ModelShelf | None = None,
     ) -> None:
         self.storage = storage
         self.queue = queue
         self.classifier = classifier
+        self.shelf = shelf or ModelShelf(classifier, None)
         self.worker_id = worker_id
         self.options = options = options or WorkerOptions()
         self.on_busy = on_busy
@@ -152,6 +155,27 @@ class Worker:
 
     # Processing --------------------------------------------------------------
 
+    def _classify(self, items: list[Admitted]) -> float:
+        """Fetch, decode and run each model's share of the batch on that model (a batch
+        mixes models only while versions swap); returns the forward passes' ms."""
+        groups: dict[tuple[str | None, int | None], list[Admitted]] = {}
+        for item in items:
+            groups.setdefault((item.task.model, item.task.version), []).append(item)
+        infer_ms = 0.0
+        for (model, version), group in groups.items():
+            try:
+                classifier = self.shelf.get(model, version)
+            except DlaasError as exc:
+                for item in group:
+                    error = f"model {model} version {version} cannot run here: {exc}"
+                    item.outcome = Failed(
+                        item.message, item.task, error, item.received_at, item.timings_ms
+                    )
+                continue
+            outcome.fetch_and_decode(self.jobs, classifier, group)
+            infer_ms += outcome.infer(classifier, group, self.options.top_k)
+        return infer_ms
+
     def process(self, batch: list[Message]) -> None:
         """Classify one batch: decide every message's outcome, then end them all."""
         started, received_at = time.monotonic(), time.time()
@@ -163,8 +187,7 @@ class Worker:
             to_run = [a for a in admitted if isinstance(a, Admitted)]
             with self._heartbeat.keeping([a.message.receipt for a in to_run]):
                 self.settler.progress(to_run)
-                outcome.fetch_and_decode(self.jobs, self.classifier, to_run)
-                infer_ms = outcome.infer(self.classifier, to_run, self.options.top_k)
+                infer_ms = self._classify(to_run)
             outcomes: list[Outcome] = [
                 o for a in admitted if (o := a.outcome if isinstance(a, Admitted) else a)
             ]

@@ -82,6 +82,30 @@ def _noop() -> None:
     """The fork server's readiness probe: a child that exits at once."""
 
 
+_START_LOCK = threading.Lock()
+
+
+def _start_once(env: Mapping[str, str]) -> None:
+    """Start this process's fork server, if it is not running, with ``env``.
+
+    Python keeps one per process: a second launcher (a second model's pool) forks from
+    the same one, warm in its imports, and its workers load their own model. The lock
+    keeps two launchers made at once from interleaving the environment swap.
+    """
+    from multiprocessing import forkserver
+
+    with _START_LOCK:
+        # The fork server inherits this process's environment when it starts: give it
+        # the workers' settings for that moment.
+        saved = dict(os.environ)
+        os.environ.update({**env, PRELOAD_ENV: "1"})
+        try:
+            forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
 class ForkServer:
     """Starts the fork server at once, in the background, and forks workers from it."""
 
@@ -97,17 +121,7 @@ class ForkServer:
         self._context = multiprocessing.get_context("forkserver")
         *imports, last = PRELOAD_MODULES
         self._context.set_forkserver_preload([*imports, entry.__module__, last])
-        # The fork server inherits this process's environment when it starts: give it the
-        # workers' settings for that moment.
-        saved = dict(os.environ)
-        os.environ.update({**env, PRELOAD_ENV: "1"})
-        try:
-            from multiprocessing import forkserver
-
-            forkserver.ensure_running()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        _start_once(env)
         threading.Thread(target=self._await_warm, name="forkserver-warm", daemon=True).start()
 
     @property

@@ -76,13 +76,26 @@ def build_router(default_timeout_s: float) -> APIRouter:
         responses={**STILL_QUEUED_DOC, **ONE_IMAGE_REFUSALS},
     )
     async def classify(
-        request: Request, ctx: Context, timeout_s: float = Query(default_timeout_s, gt=0, le=3600)
+        request: Request,
+        ctx: Context,
+        timeout_s: float = Query(default_timeout_s, gt=0, le=3600),
+        model: str | None = Query(None, description="the model (GET /v1/models); default first"),
+        version: str | None = Query(None, description="the model's version; default its newest"),
     ) -> JSONResponse:
         """Classify one image (multipart field ``file``) and wait for its top-5."""
         started_at = time.time()
-        image = await ctx.uploads.one_file(request, "file")
+        target = ctx.models.resolve(model, version)
+        filename, data, fields = await ctx.uploads.one_file_fields(request, "file")
+        if model is None and fields.get("model"):
+            target = ctx.models.resolve(fields["model"], fields.get("version") or version)
         answer = await sync.classify(
-            ctx.ingest, ctx.hub, [image], timeout_s, owner=owner(request), started_at=started_at
+            ctx.ingest,
+            ctx.hub,
+            [(filename, data)],
+            timeout_s,
+            owner=owner(request),
+            started_at=started_at,
+            target=target,
         )
         if isinstance(answer, sync.StillQueued):
             return still_queued(answer)
@@ -95,12 +108,20 @@ def build_router(default_timeout_s: float) -> APIRouter:
         responses={**STILL_QUEUED_DOC, **ONE_IMAGE_REFUSALS},
     )
     async def classify_compat(request: Request, ctx: Context) -> Response:
-        """Workload-generator compatibility: field ``myfile`` in, top-1 short label out."""
+        """Workload-generator compatibility: field ``myfile`` in, top-1 short label out;
+        an optional ``model`` field picks the model."""
         started_at = time.time()
-        image = await ctx.uploads.one_file(request, "myfile")
+        filename, data, fields = await ctx.uploads.one_file_fields(request, "myfile")
+        target = ctx.models.resolve(fields.get("model") or None, fields.get("version") or None)
         timeout_s = ctx.settings.classify_timeout_s
         answer = await sync.classify(
-            ctx.ingest, ctx.hub, [image], timeout_s, owner=owner(request), started_at=started_at
+            ctx.ingest,
+            ctx.hub,
+            [(filename, data)],
+            timeout_s,
+            owner=owner(request),
+            started_at=started_at,
+            target=target,
         )
         if isinstance(answer, sync.StillQueued):
             return still_queued(answer)

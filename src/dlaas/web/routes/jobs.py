@@ -7,6 +7,7 @@ only where webhooks are on, so the schema describes what this service accepts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,7 +28,8 @@ from dlaas.jobs.records import (
     owner_of,
 )
 from dlaas.jobs.store import MAX_PAGE, JobStatus, JobStore, job_status
-from dlaas.web.context import Context, owner
+from dlaas.model.index import Target
+from dlaas.web.context import Context, WebContext, owner
 from dlaas.web.routes.docs import JOB_ID_SCHEMA, parameter_doc
 from dlaas.web.routes.sse import EVENT_STREAM_DOC, EventStreamResponse, event_stream, sse
 from dlaas.web.routes.submission import KEY_SCHEMA, Replay, Submission
@@ -36,6 +38,16 @@ from dlaas.web.uploads import multipart_doc
 STREAM_POLL_S = 2.0  # fallback storage check for results delivered to another web process
 
 router = APIRouter(tags=["jobs"])
+
+
+async def _target(request: Request, ctx: WebContext) -> Target:
+    """The model a job names in its ``model`` (and ``version``) form field or query
+    parameter; the default model when it names none."""
+    form = await request.form()  # parsed once already: Starlette keeps it
+    fields = {k: v for k, v in form.multi_items() if isinstance(v, str) and v}
+    name = fields.get("model") or request.query_params.get("model")
+    version = fields.get("version") or request.query_params.get("version")
+    return ctx.models.resolve(name, version)
 
 
 def manifest_or_404(jobs: JobStore, job_id: str, caller: str) -> JobManifest:
@@ -106,6 +118,7 @@ async def create_job(
         uploads = await ctx.uploads.many_files(
             request, "files", max_files=ctx.settings.max_files_per_job
         )
+        target = await _target(request, ctx)
         async with ingest.assembling(owner(request)) as job:
             for index, upload in enumerate(uploads):
                 filename = upload.filename or "upload"
@@ -129,7 +142,9 @@ async def create_job(
             if partial:
                 body["rejected"] = rejected
             await run_in_threadpool(submit.before_commit, job, body)
-            await run_in_threadpool(ingest.commit, job, ctx.hub.name, progress=True)
+            await run_in_threadpool(
+                functools.partial(ingest.commit, job, ctx.hub.name, progress=True, target=target)
+            )
             await run_in_threadpool(submit.after_commit)
     except Replay as replay:  # a retry of an earlier request: its job, nothing enqueued
         return JSONResponse(replay.body, status_code=202)

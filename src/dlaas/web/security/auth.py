@@ -36,7 +36,8 @@ def is_public(path: str, method: str = "GET") -> bool:
 
 
 def is_admin_only(path: str) -> bool:
-    return _normal(path) in ADMIN_PATHS
+    """The admin routes, and the model repository's (index, load, unload)."""
+    return _normal(path) in ADMIN_PATHS or path.startswith("/v2/repository/")
 
 
 def presented_key(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -9,7 +9,8 @@ const STORE = "dlaas-api-key";
 let key = sessionStorage.getItem(STORE);
 let ready = null;
 
-const headers = () => (key ? { Authorization: `Bearer ${key}` } : {});
+/** The headers that carry the key, for fetch. */
+export const headers = () => (key ? { Authorization: `Bearer ${key}` } : {});
 
 async function whoami() {
   const response = await fetch("/v1/whoami", { headers: headers(), cache: "no-store" });

@@ -148,6 +148,7 @@ function mountItem(item) {
     filename: $(".filename", node),
     uploadBar: $(".upload-bar span", node),
     preds: $(".preds", node),
+    modelUsed: $(".model-used", node),
     error: $(".error", node),
   };
   item.view.filename.textContent = item.name;
@@ -196,6 +197,12 @@ export function renderUploadBar(item) {
 function renderPredictions(item) {
   const view = item.view;
   const predictions = (item.state === "done" && item.result && item.result.predictions) || [];
+  const result = item.state === "done" && item.result;
+  view.modelUsed.hidden = !(result && result.model);
+  if (result && result.model) {
+    const version = result.model_version ? ` · version ${result.model_version}` : "";
+    view.modelUsed.textContent = `${result.model}${version}`;
+  }
   view.preds.hidden = predictions.length === 0;
   if (!predictions.length) return;
   view.preds.replaceChildren(...predictions.map(predictionRow));

@@ -5,6 +5,7 @@
 import * as auth from "./auth.js";
 import { drawCharts, setWindow } from "./charts.js";
 import { $, showNotice } from "./dom.js";
+import { loadModels } from "./models.js";
 import { connectStats, setLive } from "./stats.js";
 import { addFiles } from "./upload.js";
 
@@ -78,6 +79,7 @@ function main() {
   wirePaste();
   wireCharts();
   drawCharts();
+  loadModels();
   // The scaling stats are for admin keys; without keys on the server everyone is admin.
   auth.whenReady().then((me) => {
     if (me.role === "admin") connectStats();

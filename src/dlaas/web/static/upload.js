@@ -18,6 +18,7 @@ import {
   showJobError,
   startClock,
 } from "./jobview.js";
+import { pickedModel } from "./models.js";
 import { finishJob, requestStream } from "./streams.js";
 
 const STATUS_TEXT = {
@@ -39,6 +40,7 @@ export function addFiles(fileList) {
   hideNotice();
   for (const chunk of chunkFiles(files)) {
     const job = createJob(chunk);
+    job.model = pickedModel();
     mountJob(job, JOB_ACTIONS);
     uploadJob(job);
   }
@@ -52,6 +54,7 @@ function uploadJob(job) {
 
 function sendJob(job) {
   const form = new FormData();
+  if (job.model) form.append("model", job.model);
   for (const item of job.items) form.append("files", item.file, item.name);
   const xhr = new XMLHttpRequest();
   xhr.open("POST", "/v1/jobs?partial=true");

@@ -88,6 +88,13 @@ class UploadReader:
 
     async def one_file(self, request: Request, field: str) -> tuple[str, bytes]:
         """The single uploaded image: sliced out of a simple body, else fully parsed."""
+        filename, data, _ = await self.one_file_fields(request, field)
+        return filename, data
+
+    async def one_file_fields(
+        self, request: Request, field: str
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """As ``one_file``, with the form's text fields (``model``), if it has any."""
         limit = self.max_upload_bytes + ONE_FILE_SLACK_BYTES
         await self.admit(request, limit)
         content_type = require_multipart(request, field)
@@ -97,13 +104,14 @@ class UploadReader:
             filename, data = simple
             if len(data) > self.max_upload_bytes:
                 raise self._too_large(filename)
-            return filename or "upload", data
+            return filename or "upload", data, {}
         form = await parse_form(request.headers, body, max_files=1)
         try:
             uploads = [v for v in form.getlist(field) if isinstance(v, UploadFile)]
             if not uploads:
                 raise _no_files(field)
-            return uploads[0].filename or "upload", await self.read(uploads[0])
+            texts = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+            return uploads[0].filename or "upload", await self.read(uploads[0]), texts
         finally:
             await form.close()
 

@@ -11,7 +11,7 @@ together (``dlaas.web.sync``). Refusals use the protocol's ``{"error": "..."}``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from dlaas import __version__
-from dlaas.errors import WebError
+from dlaas.errors import ModelNotFound, ModelUnavailable, WebError
 from dlaas.jobs.records import SCORES_DTYPE, ResultRecord, unpack_scores
+from dlaas.model.index import ModelState, Target
 from dlaas.web import sync
 from dlaas.web.context import Context, WebContext, owner
 from dlaas.web.routes.classify import STILL_QUEUED_DOC, still_queued
@@ -36,15 +37,17 @@ from dlaas.web.v2.codec import (
     parse_request,
     top_k_strings,
 )
-from dlaas.web.v2.model import ServedModel
+from dlaas.web.v2.repository import add_repository_routes
 
 MAX_IMAGES = 256  # per infer request; docs/api.md
 MAX_BODY_BYTES = 256 * 1024 * 1024  # per infer request, unless one image needs more
 RESULT_TOP_K = 5  # what a worker's result holds; a larger classification asks for all scores
 PARSE_INLINE_BYTES = 256 * 1024  # more JSON than this is parsed off the event loop
-VERSION = "1"
+PLATFORM = "onnxruntime_onnx"  # what runs the model, as Triton names it
 INPUT, OUTPUT = "image", "probabilities"
-EXTENSIONS = ["binary_tensor_data", "classification"]
+EXTENSIONS = [
+    "binary_tensor_data", "classification", "model_repository", "model_configuration",
+]  # fmt: skip
 
 
 def is_v2(request: Request) -> bool:
@@ -87,32 +90,11 @@ def build_router(ctx: WebContext) -> APIRouter:
     router = APIRouter(tags=["open inference protocol"])
     _add_infer_routes(router, ctx)  # first: a request is matched against the routes in order
     _add_metadata_routes(router, ctx)
+    add_repository_routes(router, ctx)
     return router
 
 
-def _checker(served: ServedModel) -> Callable[[str, str | None], None]:
-    """The check that a path names the served model (and its one version)."""
-
-    def check_model(model: str, version: str | None = None) -> None:
-        if model != served.name:
-            raise WebError(
-                404,
-                "model_not_found",
-                f"unknown model {model!r}; this server serves {served.name!r}",
-            )
-        if version is not None and version != VERSION:
-            raise WebError(
-                404,
-                "model_not_found",
-                f"model {model!r} has no version {version!r}; it serves version {VERSION}",
-            )
-
-    return check_model
-
-
 def _add_infer_routes(router: APIRouter, ctx: WebContext) -> None:
-    served, check_model = ctx.served, _checker(ctx.served)
-    contract = Contract(INPUT, OUTPUT, len(served.labels), MAX_IMAGES)
     limit_bytes = max(MAX_BODY_BYTES, ctx.settings.max_upload_bytes * 4 // 3 + 1024 * 1024)
 
     @router.post(
@@ -125,7 +107,10 @@ def _add_infer_routes(router: APIRouter, ctx: WebContext) -> None:
         """Classify N images (a BYTES input, base64 in JSON or raw with the binary data
         extension); answer every class's probability, FP32 [N, classes], or with
         ``{"classification": K}`` on the output the top K, BYTES [N, K] "score:index:label"."""
-        check_model(model, None)
+        return await _infer(request, ctx.models.resolve(model, None))
+
+    async def _infer(request: Request, target: Target) -> Response:
+        contract = Contract(INPUT, OUTPUT, len(target.labels), MAX_IMAGES)
         await ctx.uploads.admit(request, limit_bytes)
         body = await read_body(request, limit_bytes)
         header_length = request.headers.get(HEADER_LENGTH)
@@ -143,10 +128,11 @@ def _add_infer_routes(router: APIRouter, ctx: WebContext) -> None:
             ctx.settings.classify_timeout_s,
             owner=owner(request),
             probabilities=parsed.needs_scores(RESULT_TOP_K),
+            target=target,
         )
         if isinstance(answer, sync.StillQueued):
             return still_queued(answer)
-        return _answer(served, parsed, answer)
+        return _answer(target, parsed, answer)
 
     @router.post(
         "/v2/models/{model}/versions/{version}/infer",
@@ -155,14 +141,12 @@ def _add_infer_routes(router: APIRouter, ctx: WebContext) -> None:
         openapi_extra={"requestBody": schema.INFER_REQUEST_BODY},
     )
     async def infer_version(request: Request, model: str, version: str) -> Response:
-        """As ``POST /v2/models/{model}/infer``."""
-        check_model(model, version)
-        return await infer(request, model)
+        """As ``POST /v2/models/{model}/infer``, on that version."""
+        return await _infer(request, ctx.models.resolve(model, version))
 
 
 def _add_metadata_routes(router: APIRouter, ctx: WebContext) -> None:
-    served, check_model = ctx.served, _checker(ctx.served)
-    classes = len(served.labels)
+    index = ctx.models
     no_model: dict[int | str, dict[str, Any]] = {404: schema.ERRORS[404]}
     not_ready: dict[int | str, dict[str, Any]] = {**no_model, 503: schema.NOT_READY}
 
@@ -173,15 +157,9 @@ def _add_metadata_routes(router: APIRouter, ctx: WebContext) -> None:
 
     @router.get("/v2/models/{model}", response_model=schema.ModelMetadata, responses=no_model)
     async def model_metadata(model: str) -> dict[str, object]:
-        """Inputs and outputs: encoded images in, class probabilities out."""
-        check_model(model, None)
-        return {
-            "name": served.name,
-            "versions": [VERSION],
-            "platform": "dlaas",
-            "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, classes]}],
-        }
+        """Inputs and outputs: encoded images in, class probabilities out; the versions
+        that serve."""
+        return _metadata(index.get(model), None)
 
     @router.get(
         "/v2/models/{model}/versions/{version}",
@@ -189,19 +167,18 @@ def _add_metadata_routes(router: APIRouter, ctx: WebContext) -> None:
         responses=no_model,
     )
     async def model_version_metadata(model: str, version: str) -> dict[str, object]:
-        """As ``GET /v2/models/{model}``, for its one version, 1."""
-        check_model(model, version)
-        return await model_metadata(model)
+        """As ``GET /v2/models/{model}``, for one version."""
+        found = index.get(model)
+        if not version.isdigit() or int(version) not in found.versions:
+            raise ModelNotFound(f"model {model!r} has no version {version!r}")
+        return _metadata(found, int(version))
 
     @router.get(
         "/v2/models/{model}/ready", response_model=schema.ModelReadiness, responses=not_ready
     )
     async def model_ready(request: Request, model: str) -> JSONResponse:
-        """The model can classify: the service is ready (as ``/readyz``); else 503."""
-        check_model(model, None)
-        ok, checks = await _readiness(request, ctx)
-        body = {"name": served.name, "ready": ok, "checks": checks}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        """The model has a READY version and the service is ready (as ``/readyz``)."""
+        return await _model_ready(request, model, None)
 
     @router.get(
         "/v2/models/{model}/versions/{version}/ready",
@@ -209,12 +186,34 @@ def _add_metadata_routes(router: APIRouter, ctx: WebContext) -> None:
         responses=not_ready,
     )
     async def model_version_ready(request: Request, model: str, version: str) -> JSONResponse:
-        """As ``GET /v2/models/{model}/ready``."""
-        check_model(model, version)
-        return await model_ready(request, model)
+        """As ``GET /v2/models/{model}/ready``, for one version."""
+        return await _model_ready(request, model, version)
+
+    async def _model_ready(request: Request, model: str, version: str | None) -> JSONResponse:
+        found = index.get(model)
+        try:
+            index.resolve(model, version)
+            served = True
+        except ModelUnavailable:
+            served = False
+        ok, checks = await _readiness(request, ctx)
+        ok = ok and served
+        body = {"name": found.name, "ready": ok, "checks": checks}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
 
-def _answer(served: ServedModel, request: InferRequest, records: list[ResultRecord]) -> Response:
+def _metadata(model: ModelState, version: int | None) -> dict[str, object]:
+    shown = [version] if version is not None else (model.ready() or sorted(model.versions))
+    return {
+        "name": model.name,
+        "versions": [str(v) for v in shown],
+        "platform": PLATFORM,
+        "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(model.labels)]}],
+    }
+
+
+def _answer(target: Target, request: InferRequest, records: list[ResultRecord]) -> Response:
     for n, record in enumerate(records):
         if record["status"] != "done":
             reason = record.get("error") or f"its result is {record['status']}"
@@ -227,15 +226,15 @@ def _answer(served: ServedModel, request: InferRequest, records: list[ResultReco
     if output.classification is not None:
         k = output.classification
         tensor = [
-            top_k_strings(r, k, served.labels, s) for r, s in zip(records, scores, strict=True)
+            top_k_strings(r, k, target.labels, s) for r, s in zip(records, scores, strict=True)
         ]
     else:
         if any(s is None for s in scores):
             raise WebError(502, "no_scores", "a worker answered without the probabilities; retry")
         tensor = np.stack([s for s in scores if s is not None])
     body, headers, media_type = encode_response(
-        model_name=served.name,
-        model_version=VERSION,
+        model_name=target.model,
+        model_version=str(target.version or 1),
         request_id=request.id,
         output_name=OUTPUT,
         output=output,

@@ -1,21 +1,47 @@
-"""The model as ``/v2`` names it: its name and labels, from the same settings as workers."""
+"""The served models as the web tier knows them: the repository index, from the same
+settings as the workers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from dlaas.model.index import ModelIndex, ModelState, VersionState
+from dlaas.model.select import default_model_name
+from dlaas.model.spec import ModelSpec
 from dlaas.settings import Settings
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    name: str
-    labels: tuple[str, ...]
+def model_index_from(settings: Settings) -> ModelIndex:
+    """The user's one ``--model FILE``, or every model of the repository (``--model-dir``)
+    with the default (``--model NAME``, else EfficientNet-Lite0) first. A built-in default
+    that is not built yet is listed anyway: the workers build it, as before repositories."""
+    from dlaas.model.labels import imagenet_labels, read_labels
+    from dlaas.model.spec import Preprocessing
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ServedModel:
-        from dlaas.model.labels import imagenet_labels, read_labels
+    if settings.model_path is not None and settings.labels is not None:
+        preprocessing = Preprocessing(
+            input_size=settings.input_size,
+            resize_size=settings.resize_size,
+            mean=settings.mean,
+            std=settings.std,
+            layout=settings.layout,
+        )
+        spec = ModelSpec(
+            settings.model_path.stem,
+            settings.model_path,
+            read_labels(settings.labels),
+            preprocessing,
+        )
+        return ModelIndex(None, spec.name, single=spec)
+    default = default_model_name(settings)
+    index = ModelIndex(settings.model_cache_dir, default)
+    index.scan_all()
+    if default not in {m.name for m in index.models()}:
+        from dlaas.model.builtin import FP32_MODELS, LITE0_MODEL
 
-        if settings.model_path is not None and settings.labels is not None:
-            return cls(settings.model_path.stem, read_labels(settings.labels))
-        return cls(settings.builtin_model or "efficientnet-lite0", imagenet_labels())
+        builtin = FP32_MODELS.get(default, LITE0_MODEL)
+        index.add_own(
+            ModelState(
+                default, imagenet_labels(), builtin.preprocessing, in_repository=False,
+                versions={1: VersionState("READY")},
+            )
+        )  # fmt: skip
+    return index
