@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from dlaas.aws.protection import ScaleInProtection
+    from dlaas.jobs.listing import SourceJobs
+    from dlaas.jobs.sources import AllowedRoot
     from dlaas.jobs.store import JobStore
     from dlaas.lifecycle.webhooks import WebhookDispatcher
     from dlaas.queue.base import Queue
@@ -108,6 +110,7 @@ def build_app(
         if on_enqueued is not None:
             on_enqueued()
 
+    roots, source_jobs = _source_jobs(settings, jobs, hub.name, accepted)
     ingest = Ingest(
         jobs,
         max_bytes=settings.max_upload_bytes,
@@ -130,8 +133,42 @@ def build_app(
         dispatcher=dispatcher,
         stats_provider=stats_provider,
         workers_readiness=workers_readiness,
+        source_roots=roots,
+        source_jobs=source_jobs,
     )
     return create_app(ctx)
+
+
+def _source_jobs(
+    settings: Settings, jobs: JobStore, reply_to: str, accepted: Callable[[int], None]
+) -> tuple[tuple[AllowedRoot, ...], SourceJobs | None]:
+    """The allowed roots and the runner of jobs over stored images; none without roots."""
+    from dlaas.jobs.listing import SourceJobs
+    from dlaas.jobs.sources import parse_allowed
+
+    try:
+        roots = parse_allowed(settings.source_allow)
+    except ValueError as exc:
+        raise ConfigError(f"--source-allow / DLAAS_SOURCE_ALLOW: {exc}") from None
+    if not roots:
+        return roots, None
+    runner = SourceJobs(
+        jobs,
+        lambda url, read_only: open_folder_from(settings, url, read_only=read_only),
+        holder=f"{socket.gethostname()}-{os.getpid()}-{reply_to[-6:]}",
+        reply_to=reply_to,
+        max_backlog=settings.max_backlog,
+        on_enqueued=accepted,
+    )
+    return roots, runner
+
+
+def open_folder_from(settings: Settings, url: str, *, read_only: bool) -> Storage:
+    """A job's source folder (read-only) or output folder, with the operator's S3 options."""
+    from dlaas.storage import open_source, open_storage
+
+    options = settings.source_options(url)
+    return open_source(url, **options) if read_only else open_storage(url, **options)
 
 
 def _reply_hub(
@@ -285,6 +322,7 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
     from dlaas.model import Classifier
     from dlaas.worker import Worker, WorkerOptions
     from dlaas.worker.preload import classifier_for
+    from dlaas.worker.sources import Sources
 
     worker_id = settings.worker_id or default_worker_id()
     t0 = time.monotonic()
@@ -312,6 +350,7 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
         worker_id=worker_id,
         options=WorkerOptions.from_settings(settings),
         on_busy=protection.set if protection is not None else None,
+        sources=Sources(lambda url: open_folder_from(settings, url, read_only=True)),
     )
     return worker, protection
 
@@ -326,6 +365,7 @@ def run_worker(settings: Settings) -> int:
     finally:
         if protection is not None:
             protection.close()
+        worker.sources.close()
         worker.queue.close()
         worker.storage.close()
 

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     classify_timeout_s: float = Field(
         30.0, gt=0, description="default wait of the synchronous endpoints"
     )
+    source_allow: str = Field(
+        "",
+        description="comma-separated folders that jobs over stored images may read and write"
+        " (s3://bucket/prefix/, file:///data/; owner=URL for one owner's); empty turns"
+        " them off",
+    )
     reply_queue_stale_s: float = Field(
         90.0, gt=0, description="a replica silent this long is dead: another clears its replies"
     )
@@ -357,6 +363,17 @@ class Settings(BaseSettings):
 
     def storage_options(self) -> dict[str, Any]:
         if urlparse(self.storage_url).scheme != "s3":
+            return {}
+        return {
+            "endpoint_url": self.s3_endpoint_url,
+            "region": self.aws_region,
+            "addressing_style": self.s3_addressing_style,
+        }
+
+    def source_options(self, url: str) -> dict[str, Any]:
+        """How to open a job's source or output folder: the operator's S3 endpoint,
+        never one from the request."""
+        if urlparse(url).scheme != "s3":
             return {}
         return {
             "endpoint_url": self.s3_endpoint_url,

@@ -1,6 +1,8 @@
 """The queue bodies: ``Task`` (web -> worker) and ``Reply`` (worker -> web process).
 
-A task carries only IDs and keys, so no queue ever sees image bytes. A reply is one of
+A task carries only IDs and keys, so no queue ever sees image bytes. A task of a job
+over a source names the source (a folder URL) and the image's key in it: the worker
+reads it there, and never deletes it. A reply is one of
 three kinds, a tagged union on ``kind``:
 
 - ``Progress``: the worker started classifying the image (only when the task asked);
@@ -22,7 +24,7 @@ from typing import Any, Literal, TypedDict
 
 import orjson
 
-from dlaas.jobs.layout import input_key
+from dlaas.jobs.layout import input_key, source_image_id
 from dlaas.jobs.records import RecordError, ResultRecord, ResultStatus, as_result
 
 
@@ -42,11 +44,22 @@ class Task:
     # Also send every class's score (``ResultRecord.probabilities``): the Open Inference
     # Protocol's FP32 output, and its classification extension past the top-k.
     probabilities: bool = False
+    source: str | None = None  # the folder ``key`` is in; None: dlaas's own store
 
     @classmethod
     def of(cls, job_id: str, image_id: str, **options: Any) -> Task:
         """The task for one stored image of a job."""
         return cls(job_id=job_id, image_id=image_id, key=input_key(job_id, image_id), **options)
+
+    @classmethod
+    def of_source(cls, job_id: str, source: str, key: str, **options: Any) -> Task:
+        """The task for one image at ``key`` in the ``source`` folder; its ID is the key's."""
+        return cls(job_id, source_image_id(key), key, source=source, **options)
+
+    @property
+    def input_key(self) -> str | None:
+        """The uploaded input to remove once the result is stored; a source's is kept."""
+        return None if self.source is not None else self.key
 
     @property
     def inline(self) -> bool:
@@ -64,6 +77,7 @@ class Task:
                 "progress": self.progress,
                 "inline_result": self.inline_result,
                 "probabilities": self.probabilities,
+                "source": self.source,
             }
         ).decode()
 
@@ -79,6 +93,7 @@ class Task:
             progress=bool(data.get("progress", False)),
             inline_result=bool(data.get("inline_result", False)),
             probabilities=bool(data.get("probabilities", False)),
+            source=None if data.get("source") is None else str(data["source"]),
         )
 
 

@@ -39,9 +39,13 @@ def create_app(ctx: WebContext) -> FastAPI:
         ctx.hub.start(asyncio.get_running_loop())
         if dispatcher is not None:
             dispatcher.start()
+        if ctx.source_jobs is not None:
+            ctx.source_jobs.start_scanner()  # resumes listings a dead process left
         try:
             yield
         finally:
+            if ctx.source_jobs is not None:
+                ctx.source_jobs.close()
             if dispatcher is not None:
                 await run_in_threadpool(dispatcher.stop)
             await run_in_threadpool(ctx.hub.stop)

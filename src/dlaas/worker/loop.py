@@ -28,6 +28,7 @@ from dlaas.worker.heartbeat import HealthReporter, VisibilityHeartbeat, process_
 from dlaas.worker.options import WorkerOptions
 from dlaas.worker.outcome import Admitted, Failed, Outcome, Retry, SupportsClassify
 from dlaas.worker.settle import Settler
+from dlaas.worker.sources import Sources
 
 log = logging.getLogger("dlaas.worker")
 
@@ -46,6 +47,7 @@ class Worker:
         worker_id: str,
         options: WorkerOptions | None = None,
         on_busy: Callable[[bool], None] | None = None,
+        sources: Sources | None = None,
     ) -> None:
         self.storage = storage
         self.queue = queue
@@ -53,6 +55,7 @@ class Worker:
         self.worker_id = worker_id
         self.options = options = options or WorkerOptions()
         self.on_busy = on_busy
+        self.sources = sources or Sources()
         self.receive_wait_s = min(options.receive_wait_s, options.idle_timeout_s)
         self.jobs = JobStore(storage, queue)
         self.health = HealthReporter(storage, worker_id)
@@ -163,7 +166,7 @@ class Worker:
             to_run = [a for a in admitted if isinstance(a, Admitted)]
             with self._heartbeat.keeping([a.message.receipt for a in to_run]):
                 self.settler.progress(to_run)
-                outcome.fetch_and_decode(self.jobs, self.classifier, to_run)
+                outcome.fetch_and_decode(self.jobs, self.classifier, to_run, self.sources)
                 infer_ms = outcome.infer(self.classifier, to_run, self.options.top_k)
             outcomes: list[Outcome] = [
                 o for a in admitted if (o := a.outcome if isinstance(a, Admitted) else a)

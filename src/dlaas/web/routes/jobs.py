@@ -18,11 +18,13 @@ from dlaas.jobs.records import (
     AcceptedBody,
     AcceptedImage,
     JobManifest,
+    ListingRecord,
     Rejection,
     ResultRecord,
     owner_of,
 )
 from dlaas.jobs.store import MAX_PAGE, JobStatus, JobStore, job_status
+from dlaas.web import source_jobs
 from dlaas.web.context import Context, owner
 from dlaas.web.routes.sse import EVENT_STREAM_DOC, EventStreamResponse, event_stream, sse
 from dlaas.web.routes.submission import Replay, Submission
@@ -75,7 +77,13 @@ async def list_jobs(
     return await run_in_threadpool(page)
 
 
-@router.post("/v1/jobs", status_code=202, openapi_extra=multipart_doc("files", many=True))
+def _create_doc() -> dict[str, Any]:
+    doc = multipart_doc("files", many=True)
+    doc["requestBody"]["content"].update(source_jobs.json_doc())  # type: ignore[index]
+    return doc
+
+
+@router.post("/v1/jobs", status_code=202, openapi_extra=_create_doc())
 async def create_job(
     request: Request,
     ctx: Context,
@@ -93,7 +101,10 @@ async def create_job(
         description="a retry with this key and the same files within 24 h gets the first 202",
     ),
 ) -> JSONResponse:
-    """Upload one or many images (multipart field ``files``) as one job."""
+    """Upload one or many images (multipart field ``files``) as one job; or, with a JSON
+    body, classify the images in a bucket prefix or folder where they are (docs/api.md)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        return await _create_source_job(request, ctx, callback_url, idempotency_key)
     ingest = ctx.ingest
     submit = await Submission.start(ctx, request, callback_url, idempotency_key)
     rejected: list[Rejection] = []
@@ -134,6 +145,22 @@ async def create_job(
     return JSONResponse(body, status_code=202)
 
 
+async def _create_source_job(
+    request: Request, ctx: Context, callback_url: str | None, idempotency_key: str | None
+) -> JSONResponse:
+    source_jobs.check_on(ctx)
+    wanted = await source_jobs.read_request(request)
+    callback = wanted.webhook or callback_url
+    submit = await Submission.start(ctx, request, callback, idempotency_key)
+    try:
+        body = await source_jobs.create(ctx, wanted, submit)
+    except Replay as replay:
+        return JSONResponse(replay.body, status_code=202)
+    finally:
+        await run_in_threadpool(submit.release)
+    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{body['job_id']}"})
+
+
 def _rejection(index: int, filename: str, exc: WebError) -> Rejection:
     return {
         "index": index,
@@ -145,15 +172,41 @@ def _rejection(index: int, filename: str, exc: WebError) -> Rejection:
 
 
 @router.get("/v1/jobs/{job_id}")
-async def get_job(job_id: str, request: Request, ctx: Context) -> dict[str, Any]:
+async def get_job(
+    job_id: str,
+    request: Request,
+    ctx: Context,
+    results: bool = Query(True, description="include every result so far (false: counts only)"),
+) -> dict[str, Any]:
     """Status counts and every result so far; works from any web process."""
 
     def read() -> dict[str, Any]:
         manifest = manifest_or_404(ctx.jobs, job_id, owner(request))
-        results = ctx.jobs.results(job_id)
-        return job_body(manifest, results, ctx.jobs.status(manifest, results))
+        found = ctx.jobs.results(job_id)
+        body = job_body(manifest, found, ctx.jobs.status(manifest, found))
+        if "source" in manifest:
+            body["source"] = manifest["source"]
+            body["listing"] = _listing_view(ctx.jobs.listing(job_id))
+        if not results:
+            body["results"] = []
+        return body
 
     return await run_in_threadpool(read)
+
+
+def _listing_view(record: ListingRecord | None) -> dict[str, Any] | None:
+    """What a client sees of a job's listing: phase, keys listed, the output once written."""
+    if record is None:
+        return None
+    view: dict[str, Any] = {
+        "phase": record["phase"],
+        "listed": record["count"],
+        "error": record["error"],
+        "cancelled": record["cancelled"],
+    }
+    if "output_url" in record:
+        view["output_url"] = record["output_url"]
+    return view
 
 
 def job_body(
@@ -186,7 +239,6 @@ async def job_events(job_id: str, request: Request, ctx: Context) -> StreamingRe
     inbox = hub.subscribe(job_id)
 
     async def stream() -> AsyncIterator[str]:
-        total = len(manifest["images"])
         seen: dict[str, str] = {}  # image ID -> its result's status
         names = {i["image_id"]: i["filename"] for i in manifest["images"]}
 
@@ -196,10 +248,11 @@ async def job_events(job_id: str, request: Request, ctx: Context) -> StreamingRe
             return sse("result", result)
 
         try:
+            total, listing = await run_in_threadpool(jobs.extent, manifest)
             yield sse("job", {"job_id": job_id, "total": total, "images": manifest["images"]})
             for result in await run_in_threadpool(jobs.results, job_id):
                 yield emit(result)
-            while len(seen) < total:
+            while listing or len(seen) < total:
                 if await request.is_disconnected():
                     return
                 try:
@@ -207,6 +260,8 @@ async def job_events(job_id: str, request: Request, ctx: Context) -> StreamingRe
                 except TimeoutError:
                     for result in await run_in_threadpool(jobs.results, job_id, seen):
                         yield emit(result)
+                    if listing:  # a job over a source grows while it is listed
+                        total, listing = await run_in_threadpool(jobs.extent, manifest)
                     yield ": keep-alive\n\n"
                     continue
                 if reply.image_id in seen:
@@ -262,7 +317,9 @@ async def cancel_job(
             )
         if status.state == "running":
             jobs.cancel(job_id)
-        status = job_status(len(manifest["images"]), (r["status"] for r in results), cancelled=True)
+        total, listing = jobs.extent(manifest)
+        statuses = (r["status"] for r in results)
+        status = job_status(total, statuses, cancelled=True, listing=listing)
         return JSONResponse(
             {"job_id": job_id, "status": status.state, "counts": status.counts}, status_code=202
         )
