@@ -93,30 +93,29 @@ def test_a_folder_is_classified_where_it_is_and_written_back_in_key_order(
     assert svc.storage.list(layout.inputs_prefix(job_id)) == []
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "error"),
-    [
-        ({"source": "file://{root}/elsewhere/", "output": "file://{root}/allowed/o/"}, 403, ""),
-        ({"source": "file://{root}/allowed/photos/", "output": "file://{root}/o/"}, 403, ""),
-        ({"source": "file://{root}/allowed/photos/../../elsewhere/", "output": "x"}, 403, ""),
-        ({"source": "file://{root}/allowed/none/", "output": "file://{root}/allowed/o/"}, 404, ""),
-        (
-            {"source": "file://{root}/allowed/photos/", "output": "file://{root}/allowed/o/"},
-            422,
-            "",
-        ),
-        ({"source": "s3://b/p/", "manifest": "s3://b/m.txt", "output": "s3://b/o/"}, 400, ""),
-        ({"source": "http://169.254.169.254/latest/", "output": "s3://b/o/"}, 403, ""),
-    ],
-)
-def test_refused_sources_get_a_4xx_and_nothing_is_read(
-    client: TestClient, roots: Path, body: dict[str, str], status: int, error: str
-) -> None:
+OK_IN, OK_OUT = "file://{root}/allowed/photos/", "file://{root}/allowed/o/"
+
+
+REFUSED: list[tuple[dict[str, str], int, str]] = [
+    ({"source": "file://{root}/elsewhere/", "output": OK_OUT}, 403, "source_refused"),
+    ({"source": OK_IN, "output": "file://{root}/o/"}, 403, "source_refused"),
+    ({"source": OK_IN + "../../elsewhere/", "output": OK_OUT}, 403, "source_refused"),
+    ({"source": "file://{root}/allowed/none/", "output": OK_OUT}, 404, "source_not_found"),
+    ({"source": OK_IN, "output": OK_OUT}, 422, "source_empty"),
+    ({"source": OK_IN, "manifest": OK_IN + "m.txt", "output": OK_OUT}, 400, "bad_job_body"),
+    ({"source": "http://169.254.169.254/latest/", "output": OK_OUT}, 403, "source_refused"),
+    ({"source": "file://evil.example/x/", "output": OK_OUT}, 403, "source_refused"),
+    ({"source": OK_IN, "output": OK_OUT, "endpoint": "http://x"}, 400, "bad_job_body"),
+]
+
+
+def test_refused_sources_get_a_4xx_and_nothing_is_read(client: TestClient, roots: Path) -> None:
     (roots / "elsewhere" / "secret.jpg").write_bytes(b"secret")
-    filled = {k: v.format(root=roots) for k, v in body.items()}
-    response = client.post("/v1/jobs", json=filled)
-    assert response.status_code == status, response.text
-    assert response.json()["detail"]
+    for body, status, error in REFUSED:
+        filled = {k: v.format(root=roots) for k, v in body.items()}
+        response = client.post("/v1/jobs", json=filled)
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["error"] == error and response.json()["detail"]
     assert client.get("/v1/jobs").json()["jobs"] == []
 
 

@@ -148,12 +148,13 @@ class Storage(ABC):
     def list_page(
         self, prefix: str = "", *, start_after: str = "", limit: int = 1000
     ) -> builtins.list[str]:
-        """Up to ``limit`` keys that start with ``prefix`` and sort after ``start_after``,
-        sorted: a listing in pages whose only state is the last key seen (a cursor)."""
+        """Up to ``limit`` keys that start with ``prefix`` and come after ``start_after``
+        in the store's listing order: a listing in pages whose only state is the last key
+        seen (a cursor). The order is key order here and on S3; an S3-compatible store
+        may keep its own (SeaweedFS lists folder by folder), and a cursor follows it."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        keys = self._list_page(validate_prefix(prefix, self._key), start_after, limit)
-        return sorted(keys)[:limit]
+        return self._list_page(validate_prefix(prefix, self._key), start_after, limit)[:limit]
 
     def probe_atomic_create(self, key: str) -> bool:
         """Check at start-up, by writing the fresh ``key``, that ``put_if_absent`` has one

@@ -269,7 +269,7 @@ class S3Storage(Storage):
             raise self._error("list", prefix or "(all)", exc) from exc
 
     def _list_page(self, prefix: str, start_after: str, limit: int) -> list[str]:
-        """One ListObjectsV2 request from ``StartAfter`` (S3 returns keys in order)."""
+        """ListObjectsV2 from ``StartAfter``, in the store's order (S3's is key order)."""
         page: list[str] = []
         after = self.prefix + start_after if start_after else ""
         while len(page) < limit:
@@ -287,7 +287,7 @@ class S3Storage(Storage):
             contents = answer.get("Contents", ())
             for item in contents:
                 key = str(item["Key"])[len(self.prefix) :]
-                if key and not key.endswith("/") and key > start_after:
+                if key and not key.endswith("/"):
                     page.append(key)
             if not contents or not answer.get("IsTruncated"):
                 break
