@@ -81,6 +81,8 @@ def test_a_folder_is_classified_where_it_is_and_written_back_in_key_order(
     job = wait_written(client, job_id)
     assert job["status"] == "complete"
     assert job["counts"] == {"total": 14, "queued": 0, "done": 12, "failed": 2}
+    full = client.get(f"/v1/jobs/{job_id}").json()
+    assert full["counts"] == job["counts"] and len(full["results"]) == 14
     lines = read_lines(roots / "allowed" / "out" / f"{job_id}.jsonl")
     assert [line["key"] for line in lines] == keys
     for line in lines:
@@ -201,3 +203,30 @@ def _drain(svc: Service) -> list[Any]:
     while batch := svc.queue.receive(max_messages=10, wait_time_s=0, visibility_timeout_s=60):
         out.extend(batch)
     return out
+
+
+def test_a_cancelled_job_writes_what_it_has_and_says_so(
+    tiny_spec: ModelSpec, roots: Path, photo: Callable[[str], bytes]
+) -> None:
+    folder = roots / "allowed" / "photos"
+    keys = fill(folder, photo, 5)
+    svc = Service(tiny_spec, with_worker=False, source_allow=f"file://{roots / 'allowed'}/")
+    try:
+        with TestClient(svc.app) as client:
+            body = {"source": f"file://{folder}/", "output": f"file://{roots}/allowed/out/"}
+            job_id = client.post("/v1/jobs", json=body).json()["job_id"]
+            deadline = time.monotonic() + 10
+            while client.get(f"/v1/jobs/{job_id}?results=false").json()["counts"]["total"] < 5:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
+            svc.thread.start()  # the worker finds every task cancelled
+            job = wait_written(client, job_id)
+    finally:
+        svc.close()
+    assert job["status"] == "cancelled"
+    assert job["counts"] == {"total": 5, "queued": 0, "done": 0, "failed": 0, "cancelled": 5}
+    lines = read_lines(roots / "allowed" / "out" / f"{job_id}.jsonl")
+    assert [line["key"] for line in lines] == keys
+    assert {line["status"] for line in lines} == {"cancelled"}
+    assert all("cancelled" in line["error"] for line in lines)

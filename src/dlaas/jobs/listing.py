@@ -279,14 +279,14 @@ class SourceJobs:
             self._stop.wait(1.0)
 
     def _wait(self, record: ListingRecord) -> bool:
-        """Until every listed image has a result; False if this process stops first."""
+        """Until every listed image has a result; False if this process stops first.
+        Only result keys are listed: no record is read (or kept) until the output."""
         job_id = record["job_id"]
-        poll_s = min(5.0, 0.5 + record["count"] / 20_000)  # a status check lists results
+        poll_s = min(5.0, 0.5 + record["count"] / 20_000)  # one check lists the results
         while not self._stop.is_set():
-            found = self.jobs.settled_status(job_id)
-            if found is None:
+            if not self.storage.exists(layout.manifest_key(job_id)):
                 raise Lost("the job was removed")
-            if found[1].finished:
+            if len(self.storage.list(layout.results_prefix(job_id))) >= record["count"]:
                 return True
             self._renew(record)
             self._stop.wait(poll_s)
@@ -295,22 +295,27 @@ class SourceJobs:
     def _write_output(self, source: JobSource, record: ListingRecord) -> None:
         job_id = record["job_id"]
         output = self.open_folder(source["output"], False)
-        output.put_stream(layout.output_key(job_id), self._lines(record))
-        record["phase"] = "written"
+        tally: dict[str, int] = {}
+        output.put_stream(layout.output_key(job_id), self._lines(record, tally))
+        record["phase"], record["tally"] = "written", tally
         record["output_url"] = source["output"] + layout.output_key(job_id)
         self._save(record)
         log.info("source_job_written", extra={"job_id": job_id, "lines": record["count"]})
 
-    def _lines(self, record: ListingRecord) -> Iterator[bytes]:
-        """One chunk per page: its keys in order, each with its result."""
+    def _lines(self, record: ListingRecord, tally: dict[str, int]) -> Iterator[bytes]:
+        """One chunk per page: its keys in order, each with its result; ``tally`` counts
+        the lines by status."""
         job_id = record["job_id"]
         with ThreadPoolExecutor(READ_THREADS) as pool:
             for number in range(record["pages"]):
                 page = as_listing_page(
                     self.storage.get_json(layout.listing_page_key(job_id, number))
                 )
-                lines = pool.map(lambda key: _line(self.jobs, job_id, key), page["keys"])
-                yield b"".join(lines)
+                chunk = []
+                for status, line in pool.map(lambda k: _line(self.jobs, job_id, k), page["keys"]):
+                    tally[status] = tally.get(status, 0) + 1
+                    chunk.append(line)
+                yield b"".join(chunk)
                 self._renew(record)
 
     # The record -------------------------------------------------------------------
@@ -329,7 +334,7 @@ class SourceJobs:
         self.storage.put_json(key, record)
 
 
-def _line(jobs: JobStore, job_id: str, key: str) -> bytes:
+def _line(jobs: JobStore, job_id: str, key: str) -> tuple[str, bytes]:
     image_id = layout.source_image_id(key)
     line: dict[str, Any] = {"key": key, "image_id": image_id}
     try:
@@ -342,4 +347,4 @@ def _line(jobs: JobStore, job_id: str, key: str) -> bytes:
             predictions=result.get("predictions", []),
             error=result.get("error"),
         )
-    return orjson.dumps(line) + b"\n"
+    return str(line["status"]), orjson.dumps(line) + b"\n"

@@ -105,6 +105,7 @@ class ListingRecord(TypedDict):
     error: str | None  # why the listing stopped early (the source vanished, ...)
     cancelled: bool  # the listing stopped at a cancel: the output holds what was listed
     output_url: NotRequired[str]  # once written
+    tally: NotRequired[dict[str, int]]  # once written: lines per status (done, failed, ...)
 
 
 class ListingPage(TypedDict):

@@ -54,6 +54,7 @@ class JobCounts(TypedDict, total=False):
     done: int
     failed: int
     cancelled: int  # only once the job is cancelled
+    settled: int  # a job over a source, while it runs: images with a result, any status
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,28 @@ class JobStore:
         if listing is None:
             return 0, True  # the listing record is written just after the manifest
         return listing["count"], listing["phase"] == "listing"
+
+    def source_status(self, manifest: JobManifest) -> JobStatus:
+        """A job over a source, without reading its results (there may be millions):
+        ``settled`` from the result keys while it runs, the output's tally once written."""
+        job_id = manifest["job_id"]
+        listing = self.listing(job_id)
+        total = 0 if listing is None else listing["count"]
+        cancelled = self.is_cancelled(job_id)
+        if listing is not None and "tally" in listing:
+            tally = listing["tally"]
+            counts: JobCounts = {
+                "total": total,
+                "queued": 0,
+                "done": tally.get("done", 0),
+                "failed": tally.get("failed", 0) + tally.get("missing", 0),
+            }
+            if cancelled or tally.get("cancelled"):
+                counts["cancelled"] = tally.get("cancelled", 0)
+            return JobStatus("cancelled" if "cancelled" in counts else "complete", counts)
+        settled = len(self.storage.list(layout.results_prefix(job_id)))
+        counts = {"total": total, "queued": max(0, total - settled), "settled": settled}
+        return JobStatus("cancelling" if cancelled else "running", counts)
 
     def status(self, manifest: JobManifest, results: list[ResultRecord] | None = None) -> JobStatus:
         """The job's status from its results (read here unless given) and cancel marker."""

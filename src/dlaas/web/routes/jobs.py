@@ -182,13 +182,16 @@ async def get_job(
 
     def read() -> dict[str, Any]:
         manifest = manifest_or_404(ctx.jobs, job_id, owner(request))
-        found = ctx.jobs.results(job_id)
-        body = job_body(manifest, found, ctx.jobs.status(manifest, found))
+        if "source" in manifest and not results:  # counts only: no result record is read
+            body = job_body(manifest, [], ctx.jobs.source_status(manifest))
+        else:
+            found = ctx.jobs.results(job_id)
+            body = job_body(manifest, found, ctx.jobs.status(manifest, found))
+            if not results:
+                body["results"] = []
         if "source" in manifest:
             body["source"] = manifest["source"]
             body["listing"] = _listing_view(ctx.jobs.listing(job_id))
-        if not results:
-            body["results"] = []
         return body
 
     return await run_in_threadpool(read)
