@@ -159,6 +159,7 @@ def _source_jobs(
         reply_to=reply_to,
         max_backlog=settings.max_backlog,
         on_enqueued=accepted,
+        page_keys=settings.source_page_keys,
     )
     return roots, runner
 

@@ -77,6 +77,12 @@ class Settings(BaseSettings):
         " (s3://bucket/prefix/, file:///data/; owner=URL for one owner's); empty turns"
         " them off",
     )
+    source_page_keys: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="jobs over stored images: keys listed, stored and enqueued per page",
+    )
     reply_queue_stale_s: float = Field(
         90.0, gt=0, description="a replica silent this long is dead: another clears its replies"
     )

@@ -39,7 +39,7 @@ from dlaas.jobs.records import (
     as_listing,
     as_listing_page,
 )
-from dlaas.jobs.sources import KeyPages, folder_of
+from dlaas.jobs.sources import PAGE_KEYS, KeyPages, folder_of
 from dlaas.jobs.store import JobStore
 from dlaas.storage import Storage
 
@@ -82,6 +82,7 @@ class SourceJobs:
         lease_s: float = LEASE_S,
         max_backlog: int | None = None,
         on_enqueued: Callable[[int], None] | None = None,
+        page_keys: int = PAGE_KEYS,
     ) -> None:
         self.jobs = jobs
         self.storage = jobs.storage
@@ -91,6 +92,7 @@ class SourceJobs:
         self.lease_s = lease_s
         self.max_backlog = max_backlog
         self.on_enqueued = on_enqueued
+        self.page_keys = page_keys
         self._stop = threading.Event()
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -225,10 +227,10 @@ class SourceJobs:
 
     def _pages(self, source: JobSource) -> KeyPages:
         if source["kind"] == "prefix":
-            return KeyPages(self.open_folder(source["url"], True))
+            return KeyPages(self.open_folder(source["url"], True), page_keys=self.page_keys)
         folder, name = source["url"].rsplit("/", 1)
         holder = self.open_folder(folder + "/", True)
-        return KeyPages(holder, manifest=lambda: holder.get(name))
+        return KeyPages(holder, manifest=lambda: holder.get(name), page_keys=self.page_keys)
 
     def _pending_page(self, record: ListingRecord) -> tuple[list[str], str] | None:
         """A page a dead holder stored but did not count: enqueued, or maybe not."""

@@ -269,11 +269,11 @@ class JobStore:
             return 0, True  # the listing record is written just after the manifest
         return listing["count"], listing["phase"] == "listing"
 
-    def source_status(self, manifest: JobManifest) -> JobStatus:
+    def source_status(self, manifest: JobManifest, listing: ListingRecord | None) -> JobStatus:
         """A job over a source, without reading its results (there may be millions):
-        ``settled`` from the result keys while it runs, the output's tally once written."""
+        ``settled`` from the result keys while it runs, the output's tally once written
+        (``listing`` is its record, read once by the caller for a consistent answer)."""
         job_id = manifest["job_id"]
-        listing = self.listing(job_id)
         total = 0 if listing is None else listing["count"]
         cancelled = self.is_cancelled(job_id)
         if listing is not None and "tally" in listing:

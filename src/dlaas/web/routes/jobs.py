@@ -182,8 +182,9 @@ async def get_job(
 
     def read() -> dict[str, Any]:
         manifest = manifest_or_404(ctx.jobs, job_id, owner(request))
+        listing = ctx.jobs.listing(job_id) if "source" in manifest else None
         if "source" in manifest and not results:  # counts only: no result record is read
-            body = job_body(manifest, [], ctx.jobs.source_status(manifest))
+            body = job_body(manifest, [], ctx.jobs.source_status(manifest, listing))
         else:
             found = ctx.jobs.results(job_id)
             body = job_body(manifest, found, ctx.jobs.status(manifest, found))
@@ -191,7 +192,7 @@ async def get_job(
                 body["results"] = []
         if "source" in manifest:
             body["source"] = manifest["source"]
-            body["listing"] = _listing_view(ctx.jobs.listing(job_id))
+            body["listing"] = _listing_view(listing)
         return body
 
     return await run_in_threadpool(read)
