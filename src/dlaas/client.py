@@ -249,7 +249,7 @@ def follow_source_job(
             job: dict[str, Any] = response.json()
             listing, counts = job.get("listing") or {}, job["counts"]
             phase = listing.get("phase", "listing")
-            finished = counts["done"] + counts["failed"] + counts.get("cancelled", 0)
+            finished = counts.get("settled", counts["total"] - counts["queued"])
             progress.update(
                 task,
                 description="listing" if phase == "listing" else "classifying",
