@@ -46,7 +46,8 @@ from dlaas.storage import Storage
 log = logging.getLogger("dlaas.jobs")
 
 LEASE_S = 10.0
-READ_THREADS = 16  # result reads in flight while the output is written
+READ_THREADS = 16
+MAX_OPEN_FOLDERS = 32  # result reads in flight while the output is written
 
 OpenFolder = Callable[[str, bool], Storage]
 """``open_folder(url, read_only)``: a source folder (read-only) or an output folder."""
@@ -86,7 +87,8 @@ class SourceJobs:
     ) -> None:
         self.jobs = jobs
         self.storage = jobs.storage
-        self.open_folder = open_folder
+        self._open_folder = open_folder
+        self._folders: dict[tuple[str, bool], Storage] = {}
         self.holder = holder
         self.reply_to = reply_to
         self.lease_s = lease_s
@@ -97,6 +99,19 @@ class SourceJobs:
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._scanner: threading.Thread | None = None
+
+    def open_folder(self, url: str, read_only: bool) -> Storage:
+        """A source or output folder, opened once (an S3 client is costly) and kept."""
+        key = (url, read_only)
+        with self._lock:
+            folder = self._folders.get(key)
+        if folder is None:
+            folder = self._open_folder(url, read_only)
+            with self._lock:
+                if len(self._folders) >= MAX_OPEN_FOLDERS:
+                    self._folders.pop(next(iter(self._folders))).close()
+                self._folders[key] = folder
+        return folder
 
     # Starting and resuming ------------------------------------------------------
 
