@@ -18,15 +18,13 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tests.aws.servers import _seaweedfs_server
-from tests.aws.source_stack import SourceStack
-from tests.queue.redis_server import RedisServer
-from tests.support import peak_rss_mb, rss_mb
-
-from common import ROOT, ensure_model_dir, photo_set
+from common import ROOT, ensure_model_dir, photo_set  # puts src/ and tests/ on the path
 from dlaas.model import ModelSpec, build_tiny_model
+
+if TYPE_CHECKING:
+    from tests.queue.redis_server import RedisServer
 
 
 def real_model() -> ModelSpec:
@@ -36,6 +34,8 @@ def real_model() -> ModelSpec:
 
 
 def check_small(root: Path, redis: RedisServer, seaweed: Any, count: int) -> None:
+    from tests.aws.source_stack import SourceStack
+
     stack = SourceStack(root / "small", redis, seaweed, real_model())
     try:
         stack.fill(photo_set(64, size=(320, 240)), count)
@@ -57,6 +57,9 @@ def check_small(root: Path, redis: RedisServer, seaweed: Any, count: int) -> Non
 
 
 def check_big(root: Path, redis: RedisServer, seaweed: Any, count: int) -> None:
+    from tests.aws.source_stack import SourceStack
+    from tests.support import peak_rss_mb, rss_mb
+
     tiny = build_tiny_model(root / "tiny-model")
     stack = SourceStack(root / "big", redis, seaweed, tiny)
     try:
@@ -107,6 +110,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--big", type=int, default=20000)
     args = parser.parse_args()
+    from tests.aws.servers import _seaweedfs_server
+    from tests.queue.redis_server import RedisServer
+
     seaweed = _seaweedfs_server()
     seaweed.start()
     redis = RedisServer()
