@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -230,3 +231,35 @@ def test_a_cancelled_job_writes_what_it_has_and_says_so(
     assert [line["key"] for line in lines] == keys
     assert {line["status"] for line in lines} == {"cancelled"}
     assert all("cancelled" in line["error"] for line in lines)
+
+
+def test_a_folder_that_vanishes_mid_job_fails_the_rest_not_the_service(
+    tiny_spec: ModelSpec, roots: Path, photo: Callable[[str], bytes]
+) -> None:
+    folder = roots / "allowed" / "photos"
+    fill(folder, photo, 4)
+    svc = Service(tiny_spec, with_worker=False, source_allow=f"file://{roots / 'allowed'}/")
+    try:
+        with TestClient(svc.app) as client:
+            body = {"source": f"file://{folder}/", "output": f"file://{roots}/allowed/out/"}
+            first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
+            job_id = first.json()["job_id"]
+            again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
+            assert again.status_code == 202 and again.json()["job_id"] == job_id
+            other = {**body, "source": f"file://{roots / 'allowed'}/"}
+            reused = client.post("/v1/jobs", json=other, headers={"Idempotency-Key": "k1"})
+            assert reused.status_code == 409
+            deadline = time.monotonic() + 10
+            while client.get(f"/v1/jobs/{job_id}?results=false").json()["counts"]["total"] < 4:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            shutil.rmtree(folder)
+            svc.thread.start()
+            job = wait_written(client, job_id)
+            assert client.get("/healthz").status_code == 200
+    finally:
+        svc.close()
+    assert job["counts"] == {"total": 4, "queued": 0, "done": 0, "failed": 4}
+    lines = read_lines(roots / "allowed" / "out" / f"{job_id}.jsonl")
+    assert all(line["status"] == "failed" for line in lines)
+    assert all("the source" in line["error"] for line in lines)  # gone, or cannot be opened
