@@ -65,7 +65,7 @@ FIXED_MODE_IDLE_TIMEOUT_S = 10**9  # fixed-mode workers never leave on their own
 def open_storage_from(settings: Settings) -> Storage:
     from dlaas.storage import open_storage
 
-    return open_storage(settings.storage_url, **settings.storage_options())
+    return open_storage(settings.storage_url, **settings.store_options(settings.storage_url))
 
 
 def open_queue_from(settings: Settings) -> Queue:
@@ -168,7 +168,7 @@ def open_folder_from(settings: Settings, url: str, *, read_only: bool) -> Storag
     """A job's source folder (read-only) or output folder, with the operator's S3 options."""
     from dlaas.storage import open_source, open_storage
 
-    options = settings.source_options(url)
+    options = settings.store_options(url)
     return open_source(url, **options) if read_only else open_storage(url, **options)
 
 
