@@ -30,8 +30,6 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from dlaas.aws.protection import ScaleInProtection
-    from dlaas.jobs.listing import SourceJobs
-    from dlaas.jobs.sources import AllowedRoot
     from dlaas.jobs.store import JobStore
     from dlaas.lifecycle.webhooks import WebhookDispatcher
     from dlaas.queue.base import Queue
@@ -96,6 +94,7 @@ def build_app(
     from dlaas.web.ingest import Ingest
     from dlaas.web.metrics import Metrics
     from dlaas.web.security import open_keyring
+    from dlaas.web.source_jobs import build_source_jobs
     from dlaas.web.uploads import BacklogGate, UploadReader
     from dlaas.web.v2.model import ServedModel
 
@@ -110,7 +109,7 @@ def build_app(
         if on_enqueued is not None:
             on_enqueued()
 
-    roots, source_jobs = _source_jobs(settings, jobs, hub.name, accepted)
+    roots, source_jobs = build_source_jobs(settings, jobs, hub.name, accepted)
     ingest = Ingest(
         jobs,
         max_bytes=settings.max_upload_bytes,
@@ -137,39 +136,6 @@ def build_app(
         source_jobs=source_jobs,
     )
     return create_app(ctx)
-
-
-def _source_jobs(
-    settings: Settings, jobs: JobStore, reply_to: str, accepted: Callable[[int], None]
-) -> tuple[tuple[AllowedRoot, ...], SourceJobs | None]:
-    """The allowed roots and the runner of jobs over stored images; none without roots."""
-    from dlaas.jobs.listing import SourceJobs
-    from dlaas.jobs.sources import parse_allowed
-
-    try:
-        roots = parse_allowed(settings.source_allow)
-    except ValueError as exc:
-        raise ConfigError(f"--source-allow / DLAAS_SOURCE_ALLOW: {exc}") from None
-    if not roots:
-        return roots, None
-    runner = SourceJobs(
-        jobs,
-        lambda url, read_only: open_folder_from(settings, url, read_only=read_only),
-        holder=f"{socket.gethostname()}-{os.getpid()}-{reply_to[-6:]}",
-        reply_to=reply_to,
-        max_backlog=settings.max_backlog,
-        on_enqueued=accepted,
-        page_keys=settings.source_page_keys,
-    )
-    return roots, runner
-
-
-def open_folder_from(settings: Settings, url: str, *, read_only: bool) -> Storage:
-    """A job's source folder (read-only) or output folder, with the operator's S3 options."""
-    from dlaas.storage import open_source, open_storage
-
-    options = settings.store_options(url)
-    return open_source(url, **options) if read_only else open_storage(url, **options)
 
 
 def _reply_hub(
@@ -321,6 +287,7 @@ def default_worker_id() -> str:
 def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
     """A worker with its model loaded once (or taken from the fork server's preload)."""
     from dlaas.model import Classifier
+    from dlaas.storage import open_source
     from dlaas.worker import Worker, WorkerOptions
     from dlaas.worker.preload import classifier_for
     from dlaas.worker.sources import Sources
@@ -351,7 +318,7 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
         worker_id=worker_id,
         options=WorkerOptions.from_settings(settings),
         on_busy=protection.set if protection is not None else None,
-        sources=Sources(lambda url: open_folder_from(settings, url, read_only=True)),
+        sources=Sources(lambda url: open_source(url, **settings.store_options(url))),
     )
     return worker, protection
 

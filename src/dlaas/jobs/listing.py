@@ -210,12 +210,13 @@ class SourceJobs:
         except DlaasError as exc:
             return self._stop_listing(record, f"cannot read the source: {exc}")
         folder = source["url"] if source["kind"] == "prefix" else folder_of(source["url"])
+        first = True  # only a dead holder leaves a pending page, so only the first may be
         while not self._stop.is_set():
             if self.jobs.is_cancelled(job_id):
                 record["cancelled"] = True
                 break
             self._hold_back(record)
-            page = self._pending_page(record)
+            page, first = self._pending_page(record) if first else None, False
             try:
                 keys, cursor = pages.next_page(record["cursor"]) if page is None else page
                 done = (not keys) if pages.manifest is None else not pages.more(cursor)

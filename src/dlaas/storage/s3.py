@@ -76,6 +76,7 @@ class S3Storage(Storage):
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._owns_client = client is None  # a shared client is closed by whoever made it
         self.client = client or make_client(
             "s3",
             region=region,
@@ -108,7 +109,7 @@ class S3Storage(Storage):
                 f"storage URL {url!r} has a query or fragment; s3:// takes none. "
                 "Use --s3-endpoint-url, --aws-region and --s3-addressing-style instead"
             )
-        unknown = sorted(set(options) - {"max_pool_connections", "read_only"})
+        unknown = sorted(set(options) - {"max_pool_connections", "read_only", "client"})
         if unknown:
             raise ConfigError(
                 f"storage URL {url!r} does not take option(s) {', '.join(unknown)}; accepted: "
@@ -178,7 +179,8 @@ class S3Storage(Storage):
         return self.atomic_create
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
 
     # The six primitives ---------------------------------------------------------
 

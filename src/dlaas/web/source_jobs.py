@@ -9,6 +9,9 @@ image passes through here.
 from __future__ import annotations
 
 import json
+import os
+import socket
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,10 +20,12 @@ from starlette.requests import Request
 
 from dlaas.errors import ConfigError, DlaasError, ObjectNotFound, WebError
 from dlaas.jobs import layout
-from dlaas.jobs.listing import OpenFolder
+from dlaas.jobs.listing import OpenFolder, SourceJobs
 from dlaas.jobs.records import AcceptedBody, JobSource
-from dlaas.jobs.sources import SourceRefused, check_allowed
-from dlaas.jobs.store import PendingJob
+from dlaas.jobs.sources import AllowedRoot, SourceRefused, check_allowed, parse_allowed
+from dlaas.jobs.store import JobStore, PendingJob
+from dlaas.settings import Settings
+from dlaas.storage import Storage, open_source, open_storage
 from dlaas.web.context import WebContext
 from dlaas.web.routes.submission import Submission
 
@@ -49,6 +54,46 @@ class SourceJobRequest(BaseModel):
     @property
     def kind(self) -> Literal["prefix", "manifest"]:
         return "prefix" if self.source is not None else "manifest"
+
+
+def build_source_jobs(
+    settings: Settings, jobs: JobStore, reply_to: str, accepted: Callable[[int], None]
+) -> tuple[tuple[AllowedRoot, ...], SourceJobs | None]:
+    """The allowed roots and the runner of jobs over stored images; none without roots."""
+    try:
+        roots = parse_allowed(settings.source_allow)
+    except ValueError as exc:
+        raise ConfigError(f"--source-allow / DLAAS_SOURCE_ALLOW: {exc}") from None
+    if not roots:
+        return roots, None
+    clients: dict[str, Any] = {}  # one S3 client for every folder: each costs ~0.5 s
+
+    def open_folder(url: str, read_only: bool) -> Storage:
+        options = settings.store_options(url)
+        if options:  # s3://
+            if "s3" not in clients:
+                from dlaas.aws.clients import make_client  # boto3: only for s3:// folders
+
+                clients["s3"] = make_client(
+                    "s3",
+                    region=options["region"],
+                    endpoint_url=options["endpoint_url"],
+                    max_pool_connections=32,
+                    s3_addressing_style=options["addressing_style"],
+                )
+            options["client"] = clients["s3"]
+        return open_source(url, **options) if read_only else open_storage(url, **options)
+
+    runner = SourceJobs(
+        jobs,
+        open_folder,
+        holder=f"{socket.gethostname()}-{os.getpid()}-{reply_to[-6:]}",
+        reply_to=reply_to,
+        max_backlog=settings.max_backlog,
+        on_enqueued=accepted,
+        page_keys=settings.source_page_keys,
+    )
+    return roots, runner
 
 
 def json_doc() -> dict[str, Any]:
