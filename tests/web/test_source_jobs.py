@@ -263,3 +263,17 @@ def test_a_folder_that_vanishes_mid_job_fails_the_rest_not_the_service(
     lines = read_lines(roots / "allowed" / "out" / f"{job_id}.jsonl")
     assert all(line["status"] == "failed" for line in lines)
     assert all("the source" in line["error"] for line in lines)  # gone, or cannot be opened
+
+
+def test_the_job_list_counts_a_source_job_without_reading_its_results(
+    client: TestClient, roots: Path, photo: Callable[[str], bytes], svc: Service
+) -> None:
+    folder = roots / "allowed" / "photos"
+    fill(folder, photo, 3)
+    body = {"source": f"file://{folder}/", "output": f"file://{roots}/allowed/out/"}
+    job_id = client.post("/v1/jobs", json=body).json()["job_id"]
+    wait_written(client, job_id)
+    svc.app.state.context.jobs._results.clear()
+    [row] = client.get("/v1/jobs").json()["jobs"]
+    assert row["status"] == "complete" and row["counts"]["done"] == 3
+    assert not svc.app.state.context.jobs._results  # no record was read for it
