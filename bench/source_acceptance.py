@@ -93,9 +93,16 @@ def check_listing(stack: Any, count: int) -> None:
 
 
 def check_big(
-    root: Path, redis: RedisServer, seaweed: Any, count: int, *, listing: bool = True
+    root: Path,
+    redis: RedisServer,
+    seaweed: Any,
+    count: int,
+    *,
+    listing: bool = True,
+    kill: bool = True,
 ) -> None:
-    """Acceptance 2 (unless ``listing`` is False) and 3, with the tiny model."""
+    """Acceptance 2 (unless ``listing`` is False) and 3 (unless ``kill`` is), with the
+    tiny model."""
     from tests.aws.source_stack import SourceStack
 
     tiny = build_tiny_model(root / "tiny-model")
@@ -105,6 +112,8 @@ def check_big(
         print(f"2. filled {count} objects in {fill_s:.1f} s")
         if listing:
             check_listing(stack, count)
+        if not kill:
+            return
         job_id = stack.submit().json()["job_id"]
         mid = stack.wait(job_id, lambda j: j["listing"]["listed"] >= count // 4, 600)
         stack.kill_and_restart_web()
@@ -127,6 +136,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2000)
     parser.add_argument("--big", type=int, default=20000)
     parser.add_argument("--no-listing", action="store_true", help="skip check 2")
+    parser.add_argument("--no-kill", action="store_true", help="skip check 3")
     args = parser.parse_args()
     from tests.aws.servers import _seaweedfs_server
     from tests.queue.redis_server import RedisServer
@@ -140,7 +150,14 @@ def main() -> None:
             if args.small:
                 check_small(Path(tmp), redis, seaweed, args.small)
             if args.big:
-                check_big(Path(tmp), redis, seaweed, args.big, listing=not args.no_listing)
+                check_big(
+                    Path(tmp),
+                    redis,
+                    seaweed,
+                    args.big,
+                    listing=not args.no_listing,
+                    kill=not args.no_kill,
+                )
     finally:
         redis.cleanup()
         seaweed.stop()
