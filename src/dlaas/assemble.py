@@ -65,7 +65,7 @@ FIXED_MODE_IDLE_TIMEOUT_S = 10**9  # fixed-mode workers never leave on their own
 def open_storage_from(settings: Settings) -> Storage:
     from dlaas.storage import open_storage
 
-    return open_storage(settings.storage_url, **settings.storage_options())
+    return open_storage(settings.storage_url, **settings.store_options(settings.storage_url))
 
 
 def open_queue_from(settings: Settings) -> Queue:
@@ -99,6 +99,7 @@ def build_app(
     from dlaas.web.ingest import Ingest
     from dlaas.web.metrics import Metrics
     from dlaas.web.security import open_keyring
+    from dlaas.web.source_jobs import build_source_jobs
     from dlaas.web.uploads import BacklogGate, UploadReader
     from dlaas.web.v2.model import model_index_from
 
@@ -113,6 +114,7 @@ def build_app(
         if on_enqueued is not None:
             on_enqueued(model)
 
+    roots, source_jobs = build_source_jobs(settings, jobs, hub.name, accepted, queue_for)
     ingest = Ingest(
         jobs,
         max_bytes=settings.max_upload_bytes,
@@ -136,6 +138,8 @@ def build_app(
         dispatcher=dispatcher,
         stats_provider=stats_provider,
         workers_readiness=workers_readiness,
+        source_roots=roots,
+        source_jobs=source_jobs,
     )
     return create_app(ctx)
 
@@ -320,9 +324,11 @@ def default_worker_id() -> str:
 def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
     """A worker with its model loaded once (or taken from the fork server's preload)."""
     from dlaas.model import Classifier
+    from dlaas.storage import open_source
     from dlaas.worker import Worker, WorkerOptions
     from dlaas.worker.preload import classifier_for
     from dlaas.worker.shelf import repository_shelf
+    from dlaas.worker.sources import Sources
 
     worker_id = settings.worker_id or default_worker_id()
     t0 = time.monotonic()
@@ -351,6 +357,7 @@ def build_worker(settings: Settings) -> tuple[Worker, ScaleInProtection | None]:
         options=WorkerOptions.from_settings(settings),
         on_busy=protection.set if protection is not None else None,
         shelf=repository_shelf(settings, spec, classifier),
+        sources=Sources(lambda url: open_source(url, **settings.store_options(url))),
     )
     return worker, protection
 
@@ -365,6 +372,7 @@ def run_worker(settings: Settings) -> int:
     finally:
         if protection is not None:
             protection.close()
+        worker.sources.close()
         worker.queue.close()
         worker.storage.close()
 

@@ -83,11 +83,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_classify_parser(sub: Any) -> None:
-    classify = sub.add_parser("classify", help="upload images or folders to a running service")
-    classify.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    classify = sub.add_parser(
+        "classify",
+        help="upload images or folders to a running service, or classify a bucket prefix or"
+        " folder where it is (s3://bucket/prefix/ --output s3://bucket/out/)",
+    )
+    classify.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files or folders to upload; or one s3:// or file:// URL the service reads"
+        " itself: a folder (ending in /) or a file of keys",
+    )
     classify.add_argument("--url", default="http://127.0.0.1:8000", help="the service's base URL")
     classify.add_argument(
-        "--output", default=None, help="write results to a .csv or .json file instead of a table"
+        "--output",
+        default=None,
+        help="write results to a .csv or .json file instead of a table; for a URL source, the"
+        " folder URL where the service writes <job>.jsonl",
     )
     classify.add_argument(
         "--timeout-s", type=float, default=600.0, help="give up waiting after this long"

@@ -1,10 +1,12 @@
-"""``dlaas classify``: upload files and folders as one job, follow it, print the labels."""
+"""``dlaas classify``: upload files and folders as one job, follow it, print the labels;
+or, given ``s3://`` or ``file://`` URLs, classify stored images where they are."""
 
 from __future__ import annotations
 
 import csv
 import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -122,6 +124,10 @@ def run_classify(
     """Upload, then follow the job to its end; with ``wait=False`` print its ID and return.
     ``model`` names the model (GET /v1/models); None: the service's default."""
     console = Console(stderr=True)
+    if any(is_url(p) for p in paths):
+        return run_source_job(
+            paths, url=url, output=output, timeout_s=timeout_s, api_key=api_key, wait=wait
+        )
     try:
         files = collect_files(paths)
         with (
@@ -182,6 +188,94 @@ def _report(
     if failed:
         console.print(f"[red]{failed} of {len(results)} images failed[/red]")
     return 1 if failed else 0
+
+
+SOURCE_SCHEMES = ("s3://", "file://")
+POLL_S = 1.0
+
+
+def is_url(path: str) -> bool:
+    return path.startswith(SOURCE_SCHEMES)
+
+
+def run_source_job(
+    paths: Sequence[str],
+    *,
+    url: str,
+    output: str | None,
+    timeout_s: float,
+    api_key: str | None = None,
+    wait: bool = True,
+) -> int:
+    """A job over stored images: a folder URL (ending in /) or a file of keys, written
+    back as JSON Lines under ``output`` (a folder URL). The exit code is 1 if any failed."""
+    console = Console(stderr=True)
+    if len(paths) != 1 or output is None or not is_url(output):
+        console.print(
+            "[red]dlaas classify: give one s3:// or file:// source (a folder ending in /, or a"
+            " file of keys) and --output s3://... or file://... (a folder)[/red]"
+        )
+        return 2
+    source = paths[0]
+    body = {"source" if source.endswith("/") else "manifest": source, "output": output}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    with httpx.Client(base_url=url, timeout=60.0, headers=headers) as client:
+        try:
+            response = client.post("/v1/jobs", json=body)
+            if response.status_code != 202:
+                raise ApiError(_describe_error(response))
+            job_id = response.json()["job_id"]
+            if not wait:
+                print(job_id)
+                return 0
+            job = follow_source_job(client, job_id, timeout_s, console)
+        except (ApiError, httpx.HTTPError) as exc:
+            console.print(f"[red]dlaas classify: {exc}[/red]")
+            return 2
+    counts, listing = job["counts"], job["listing"]
+    print(listing.get("output_url", ""))
+    console.print(
+        f"job {job_id} {job['status']}: {counts['done']} done, {counts['failed']} failed"
+        f" of {counts['total']}; results in {listing.get('output_url')}"
+    )
+    if listing.get("error"):
+        console.print(f"[red]the listing stopped early: {listing['error']}[/red]")
+    return 1 if counts["failed"] or listing.get("error") else 0
+
+
+def follow_source_job(
+    client: httpx.Client, job_id: str, timeout_s: float, console: Console
+) -> dict[str, Any]:
+    """Poll the job's counts until its output is written; its last status."""
+    deadline = time.monotonic() + timeout_s
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("listing", total=None)
+        while True:
+            response = client.get(f"/v1/jobs/{job_id}", params={"results": "false"})
+            if response.status_code != 200:
+                raise ApiError(_describe_error(response))
+            job: dict[str, Any] = response.json()
+            listing, counts = job.get("listing") or {}, job["counts"]
+            phase = listing.get("phase", "listing")
+            finished = counts.get("settled", counts["total"] - counts["queued"])
+            progress.update(
+                task,
+                description="listing" if phase == "listing" else "classifying",
+                total=counts["total"] if phase != "listing" else None,
+                completed=finished,
+            )
+            if phase == "written":
+                return job
+            if time.monotonic() > deadline:
+                raise ApiError(f"job {job_id} did not finish within {timeout_s:g} s; it runs on")
+            time.sleep(POLL_S)
 
 
 def print_table(results: Sequence[dict[str, Any]], console: Console) -> None:

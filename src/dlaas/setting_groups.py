@@ -19,7 +19,8 @@ WORKER = (
 )  # fmt: skip
 WEB = (
     "host", "port", "max_upload_mb", "max_pixels", "max_files_per_job", "max_backlog",
-    "classify_timeout_s", "reply_queue_stale_s",
+    "classify_timeout_s", "reply_queue_stale_s", "source_allow",
+    "source_page_keys",
 )  # fmt: skip
 SCALING = (
     "workers", "min_workers", "max_workers", "target_backlog_per_worker", "upscale_delay_s",

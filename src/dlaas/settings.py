@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     classify_timeout_s: float = Field(
         30.0, gt=0, description="default wait of the synchronous endpoints"
     )
+    source_allow: str = Field("", description="folders jobs over stored images may read and"
+        " write: s3://bucket/prefix/,file:///data/ or owner=URL; empty turns them off")  # fmt: skip
+    source_page_keys: int = Field(1000, ge=1, le=10_000, description="keys per listing page")
     reply_queue_stale_s: float = Field(
         90.0, gt=0, description="a replica silent this long is dead: another clears its replies"
     )
@@ -357,14 +360,12 @@ class Settings(BaseSettings):
                 env[f"DLAAS_{name.upper()}"] = str(value)
         return env
 
-    def storage_options(self) -> dict[str, Any]:
-        if urlparse(self.storage_url).scheme != "s3":
+    def store_options(self, url: str) -> dict[str, Any]:
+        """How to open the store at ``url``; on S3 the operator's endpoint, never a request's."""
+        if urlparse(url).scheme != "s3":
             return {}
-        return {
-            "endpoint_url": self.s3_endpoint_url,
-            "region": self.aws_region,
-            "addressing_style": self.s3_addressing_style,
-        }
+        s3 = {"endpoint_url": self.s3_endpoint_url, "region": self.aws_region}
+        return {**s3, "addressing_style": self.s3_addressing_style}
 
     def queue_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"max_receives": self.max_receives}

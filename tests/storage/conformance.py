@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -161,6 +163,52 @@ class StorageConformance:
         with pytest.raises(InvalidKey):
             storage.list("../")
 
+    # list_page --------------------------------------------------------------
+
+    # Keys whose string order differs from a folder-by-folder walk ("-" and "." sort
+    # before "/", "0" after it).
+    PAGED_KEYS = ("a-d", "a.c", "a/b", "a/c/d", "a0", "b/x/y", "b0", "c/z")
+    key_order = True  # False: the store lists in an order of its own (SeaweedFS)
+
+    def test_list_page_pages_every_key_once(self, storage: Storage) -> None:
+        for key in self.PAGED_KEYS:
+            storage.put(key, b"")
+        seen: list[str] = []
+        cursor = ""
+        while page := storage.list_page(start_after=cursor, limit=3):
+            assert len(page) <= 3
+            seen.extend(page)
+            cursor = page[-1]
+        assert sorted(seen) == sorted(self.PAGED_KEYS) == storage.list()
+        if self.key_order:
+            assert seen == sorted(self.PAGED_KEYS)
+
+    def test_list_page_by_prefix_and_cursor(self, storage: Storage) -> None:
+        for key in self.PAGED_KEYS:
+            storage.put(key, b"")
+        assert storage.list_page("a/", limit=10) == ["a/b", "a/c/d"]
+        assert storage.list_page("a/", start_after="a/b", limit=10) == ["a/c/d"]
+        assert storage.list_page("a/", start_after="a/c/d", limit=10) == []
+        assert storage.list_page("nothing/", limit=5) == []
+
+    def test_list_page_of_many_keys(self, storage: Storage) -> None:
+        keys = [f"many/{n:04d}" for n in range(1203)]  # past S3's 1,000 keys a request
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda key: storage.put(key, b""), keys))
+        first = storage.list_page("many/", limit=1100)
+        rest = storage.list_page("many/", start_after=first[-1], limit=1100)
+        assert len(first) == 1100 and sorted(first + rest) == keys
+
+    # put_stream -------------------------------------------------------------
+
+    def test_put_stream_writes_the_chunks_as_one_object(self, storage: Storage) -> None:
+        chunks = [os.urandom(1024 * 1024 + n) for n in range(6)]
+        storage.put_stream("out/job.jsonl", iter(chunks))
+        assert storage.get("out/job.jsonl") == b"".join(chunks)
+        storage.put_stream("out/job.jsonl", iter([b"short"]))
+        assert storage.get("out/job.jsonl") == b"short"
+        assert storage.list("out/") == ["out/job.jsonl"]
+
     # keys -----------------------------------------------------------------
 
     @pytest.mark.parametrize("key", BAD_KEYS)
@@ -254,3 +302,42 @@ def race(storage: Storage, key: str, racers: int) -> list[int]:
         thread.join()
     assert errors == []
     return won
+
+
+class SourceConformance:
+    """What every backend does when opened as a read-only source (``open_source``).
+
+    Provide ``source``: a read-only store over a folder or prefix that ``writer`` (a
+    writable store on the same place) fills.
+    """
+
+    ODD_KEYS = ("holiday 2024/IMG 001.jpg", "caf\u00e9/cr\u00e8me.png", "a+b=c&d.jpg")
+
+    def test_source_keys_may_hold_any_printable_character(
+        self, source: Storage, fill: Callable[[str, bytes], None]
+    ) -> None:
+        for key in self.ODD_KEYS:
+            fill(key, key.encode())
+        assert source.list_page(limit=10) == sorted(self.ODD_KEYS)
+        for key in self.ODD_KEYS:
+            assert source.get(key) == key.encode()
+
+    def test_source_refuses_every_write(
+        self, source: Storage, fill: Callable[[str, bytes], None]
+    ) -> None:
+        fill("photo.jpg", b"x")
+        for write in (
+            lambda: source.put("photo.jpg", b"y"),
+            lambda: source.put_if_absent("new.jpg", b"y"),
+            lambda: source.put_stream("new.jpg", iter([b"y"])),
+            lambda: source.delete("photo.jpg"),
+            lambda: source.delete_many(["photo.jpg"]),
+        ):
+            with pytest.raises(StorageError, match="read-only"):
+                write()
+        assert source.get("photo.jpg") == b"x"
+
+    @pytest.mark.parametrize("key", ["../escape", "a/../../b", "/abs", "nul\x00", "a//b"])
+    def test_source_refuses_keys_that_could_escape(self, source: Storage, key: str) -> None:
+        with pytest.raises(InvalidKey):
+            source.get(key)

@@ -8,22 +8,55 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from dlaas.errors import ConfigError, StorageError
-from dlaas.storage import open_storage
+from dlaas.errors import ConfigError, ObjectNotFound, StorageError
+from dlaas.storage import open_source, open_storage
 from dlaas.storage.base import Storage
 from dlaas.storage.local import LocalStorage
 
-from .conformance import StorageConformance
+from .conformance import SourceConformance, StorageConformance
 
 
 class TestLocalStorage(StorageConformance):
     @pytest.fixture(params=[False, True], ids=["no-fsync", "fsync"])
     def storage(self, request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
         return LocalStorage(tmp_path / "objects", fsync=request.param)
+
+
+class TestLocalSource(SourceConformance):
+    @pytest.fixture
+    def fill(self, tmp_path: Path) -> Callable[[str, bytes], None]:
+        def write(key: str, data: bytes) -> None:
+            path = tmp_path / "photos" / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+        (tmp_path / "photos").mkdir()
+        return write
+
+    @pytest.fixture
+    def source(self, fill: Callable[[str, bytes], None], tmp_path: Path) -> Storage:
+        return open_source(f"file://{tmp_path / 'photos'}/")
+
+
+def test_a_missing_source_folder_is_not_created(tmp_path: Path) -> None:
+    with pytest.raises(ObjectNotFound):
+        open_source(f"file://{tmp_path / 'nothing'}/")
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_source_never_reads_through_a_link_out_of_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(b"secret")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").symlink_to(tmp_path / "secret")
+    source = open_source(f"file://{tmp_path / 'photos'}")
+    assert source.list_page(limit=10) == []  # links are not objects of a folder
+    with pytest.raises(ObjectNotFound, match="outside"):
+        source.get("cat.jpg")
 
 
 # Each version of the object is one repeated byte, so any mix of two versions shows.

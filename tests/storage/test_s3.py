@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from dlaas.errors import ConfigError, StorageError
-from dlaas.storage import open_storage
+from dlaas.storage import open_source, open_storage
 from dlaas.storage.base import Storage
 from dlaas.storage.s3 import S3Storage
 
@@ -21,10 +21,12 @@ from ..aws.servers import (  # noqa: F401 - fixtures
     fixture_seaweedfs_server,
     new_bucket,
 )
-from .conformance import StorageConformance
+from .conformance import SourceConformance, StorageConformance
 
 
 class TestS3Seaweed(StorageConformance):
+    key_order = False  # SeaweedFS lists folder by folder; its StartAfter follows that
+
     @pytest.fixture
     def storage(self, seaweedfs: Endpoint) -> Iterator[Storage]:
         bucket = new_bucket(seaweedfs)
@@ -40,6 +42,29 @@ class TestS3Moto(StorageConformance):
     def storage(self, moto: Endpoint) -> Iterator[Storage]:
         bucket = new_bucket(moto)
         storage = open_storage(f"s3://{bucket}", endpoint_url=moto.url, region=moto.region)
+        yield storage
+        storage.close()
+
+
+class TestS3SeaweedSource(SourceConformance):
+    @pytest.fixture
+    def bucket(self, seaweedfs: Endpoint) -> str:
+        return new_bucket(seaweedfs)
+
+    @pytest.fixture
+    def fill(self, seaweedfs: Endpoint, bucket: str) -> Callable[[str, bytes], None]:
+        client = seaweedfs.client("s3")  # type: ignore[attr-defined]
+
+        def put(key: str, data: bytes) -> None:
+            client.put_object(Bucket=bucket, Key=f"photos/{key}", Body=data)
+
+        return put
+
+    @pytest.fixture
+    def source(self, seaweedfs: Endpoint, bucket: str) -> Iterator[Storage]:
+        storage = open_source(
+            f"s3://{bucket}/photos/", endpoint_url=seaweedfs.url, addressing_style="path"
+        )
         yield storage
         storage.close()
 

@@ -9,6 +9,10 @@ answer (docs/architecture.md, "Storage layout"). The families, by prefix:
 - ``cancelled/<job>.json``: the cancel marker (a tombstone when purged);
 - ``webhooks/<job>.json``: the completion webhook still owed (the outbox);
 - ``owners/<owner digest>/<job>``: the per-owner index (empty objects);
+- ``listings/<job>.json``: a job over a source: its listing cursor, count and phase;
+  ``listings/<job>/page-<n>.json`` beside it: each page of source keys it enqueued, in
+  key order (the output is written from them), and ``listings/<job>/claim-<n>``: which
+  claim on the listing is current (a web process that takes over a dead one's creates it);
 - ``idempotency/<owner digest>/<key digest>.json``: an ``Idempotency-Key`` claim, then
   its record; ``<key digest>.takeover-<claim>.json`` beside it: one dead claim taken over;
 - ``workers/<worker>.json`` and ``workers/<worker>.drain``: health and drain request;
@@ -38,6 +42,7 @@ WORKERS = "workers/"
 REPLIES = "replies/"
 JANITOR_LEASE = "janitor/lease.json"
 PROBES = "probes/"
+LISTINGS = "listings/"
 READINESS_PROBE = "jobs/readyz-probe"  # never written: ``exists`` on it proves the store answers
 
 # The families holding a job's objects, with the position of the job ID among a key's
@@ -48,6 +53,7 @@ JOB_FAMILIES: tuple[tuple[str, int], ...] = (
     (RESULTS, 1),
     (WEBHOOKS, 1),
     (OWNERS, 2),
+    (LISTINGS, 1),
     (CANCELLED, 1),
 )
 
@@ -158,8 +164,43 @@ def job_of_manifest(key: str) -> str | None:
 
 
 def job_prefixes(job_id: str) -> tuple[str, ...]:
-    """Prefixes holding a job's many objects (inputs and results)."""
-    return (inputs_prefix(job_id), results_prefix(job_id))
+    """Prefixes holding a job's many objects (inputs, results, listing pages)."""
+    return (inputs_prefix(job_id), results_prefix(job_id), f"{LISTINGS}{job_id}/")
+
+
+# A job over a source (a bucket prefix or folder) ---------------------------------
+
+
+def source_image_id(key: str) -> str:
+    """A source key's image ID: the same key always gives the same ID, so a listing that
+    resumes after a crash finds what it enqueued before, and a result never doubles."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:ID_LENGTH]
+
+
+def listing_key(job_id: str) -> str:
+    return f"{LISTINGS}{job_id}.json"
+
+
+def job_of_listing(key: str) -> str | None:
+    """The job ID of a ``listing_key``; None for the pages and claims beside it."""
+    if key.count("/") == 1 and key.endswith(".json"):
+        job_id = key[len(LISTINGS) : -len(".json")]
+        return job_id if is_job_id(job_id) else None
+    return None
+
+
+def listing_page_key(job_id: str, page: int) -> str:
+    """The ``page``-th page (from 0) of keys enqueued; the number sorts as it counts."""
+    return f"{LISTINGS}{job_id}/page-{page:09d}.json"
+
+
+def listing_claim_key(job_id: str, generation: int) -> str:
+    return f"{LISTINGS}{job_id}/claim-{generation:09d}"
+
+
+def output_key(job_id: str) -> str:
+    """The job's JSON Lines file, under the output folder the job names."""
+    return f"{job_id}.jsonl"
 
 
 def iter_job_ids(keys: list[str], position: int) -> Iterator[tuple[str, str]]:

@@ -1,6 +1,8 @@
 """The queue bodies: ``Task`` (web -> worker) and ``Reply`` (worker -> web process).
 
-A task carries only IDs and keys, so no queue ever sees image bytes. A reply is one of
+A task carries only IDs and keys, so no queue ever sees image bytes. A task of a job
+over a source names the source (a folder URL) and the image's key in it: the worker
+reads it there, and never deletes it. A reply is one of
 three kinds, a tagged union on ``kind``:
 
 - ``Progress``: the worker started classifying the image (only when the task asked);
@@ -22,7 +24,7 @@ from typing import Any, Literal, TypedDict
 
 import orjson
 
-from dlaas.jobs.layout import input_key
+from dlaas.jobs.layout import input_key, source_image_id
 from dlaas.jobs.records import RecordError, ResultRecord, ResultStatus, as_result
 
 
@@ -46,11 +48,22 @@ class Task:
     # of one ``--model FILE``, or a task from before models had names).
     model: str | None = None
     version: int | None = None
+    source: str | None = None  # the folder ``key`` is in; None: dlaas's own store
 
     @classmethod
     def of(cls, job_id: str, image_id: str, **options: Any) -> Task:
         """The task for one stored image of a job."""
         return cls(job_id=job_id, image_id=image_id, key=input_key(job_id, image_id), **options)
+
+    @classmethod
+    def of_source(cls, job_id: str, source: str, key: str, **options: Any) -> Task:
+        """The task for one image at ``key`` in the ``source`` folder; its ID is the key's."""
+        return cls(job_id, source_image_id(key), key, source=source, **options)
+
+    @property
+    def input_key(self) -> str | None:
+        """The uploaded input to remove once the result is stored; a source's is kept."""
+        return None if self.source is not None else self.key
 
     @property
     def inline(self) -> bool:
@@ -70,6 +83,7 @@ class Task:
                 "probabilities": self.probabilities,
                 "model": self.model,
                 "version": self.version,
+                "source": self.source,
             }
         ).decode()
 
@@ -87,6 +101,7 @@ class Task:
             probabilities=bool(data.get("probabilities", False)),
             model=None if data.get("model") is None else str(data["model"]),
             version=None if data.get("version") is None else int(data["version"]),
+            source=None if data.get("source") is None else str(data["source"]),
         )
 
 

@@ -29,6 +29,10 @@ WorkerHealth = Literal["starting", "idle", "busy", "stopped"]
 or ``busy`` until it exits (``stopped``, with an ``exit_reason``): draining is what a
 launcher sees (``WorkerState.DRAINING``), never what a worker writes."""
 WebhookState = Literal["pending", "gave_up"]
+SourceKind = Literal["prefix", "manifest"]
+ListingPhase = Literal["listing", "waiting", "written"]
+"""A job over a source: ``listing`` while keys are enqueued page by page, ``waiting`` for
+the last result once all are, ``written`` once the output file is stored."""
 
 
 class RecordError(StorageError):
@@ -65,13 +69,53 @@ class ImageEntry(TypedDict):
     size_bytes: int
 
 
+class JobSource(TypedDict):
+    """Where a job over stored images reads (``url``: a folder, or a file of keys for
+    ``manifest``) and where it writes its JSON Lines file (``output``, a folder)."""
+
+    url: str
+    kind: SourceKind
+    output: str
+    model: NotRequired[str]  # the repository model and version its tasks name
+    version: NotRequired[int]
+
+
 class JobManifest(TypedDict):
-    """What a job holds and whose it is, at ``manifest_key``."""
+    """What a job holds and whose it is, at ``manifest_key``. A job over a source lists
+    no images here (there may be millions): its ``ListingRecord`` counts them."""
 
     job_id: str
     created_at: float
     images: list[ImageEntry]
     owner: NotRequired[str]  # absent in manifests written before API keys: ``anonymous``
+    source: NotRequired[JobSource]
+
+
+class ListingRecord(TypedDict):
+    """At ``listing_key``: how far a job over a source got. ``cursor`` is the last key
+    enqueued (a prefix) or the number of lines read (a manifest); ``pages`` and ``count``
+    are what was enqueued; ``generation`` names the current claim on the listing, whose
+    holder renews ``lease_until`` while it works."""
+
+    job_id: str
+    phase: ListingPhase
+    cursor: str
+    pages: int
+    count: int
+    generation: int
+    holder: str
+    lease_until: float
+    error: str | None  # why the listing stopped early (the source vanished, ...)
+    cancelled: bool  # the listing stopped at a cancel: the output holds what was listed
+    output_url: NotRequired[str]  # once written
+    tally: NotRequired[dict[str, int]]  # once written: lines per status (done, failed, ...)
+
+
+class ListingPage(TypedDict):
+    """At ``listing_page_key``: one page of source keys, in key order, enqueued together."""
+
+    keys: list[str]
+    cursor: str  # the listing's cursor after this page
 
 
 class CancelMarker(TypedDict):
@@ -136,6 +180,7 @@ class AcceptedBody(TypedDict):
     job_id: str
     images: list[AcceptedImage]
     rejected: NotRequired[list[Rejection]]
+    source: NotRequired[JobSource]  # a job over stored images: where it reads and writes
 
 
 class IdempotencyClaim(TypedDict):
@@ -202,6 +247,14 @@ def as_cancel_marker(obj: object) -> CancelMarker:
         "cancelled_at": float(marker.get("cancelled_at", 0.0)),
         "purged": bool(marker.get("purged")),
     }
+
+
+def as_listing(obj: object) -> ListingRecord:
+    return _checked(obj, ("job_id", "phase", "cursor", "count"), "listing record", ListingRecord)
+
+
+def as_listing_page(obj: object) -> ListingPage:
+    return _checked(obj, ("keys", "cursor"), "listing page", ListingPage)
 
 
 def as_health(obj: object) -> HealthRecord:

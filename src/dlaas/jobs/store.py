@@ -28,8 +28,10 @@ from dlaas.jobs.records import (
     CancelMarker,
     ImageEntry,
     JobManifest,
+    ListingRecord,
     ResultRecord,
     as_cancel_marker,
+    as_listing,
     as_manifest,
     as_result,
     owner_of,
@@ -52,6 +54,7 @@ class JobCounts(TypedDict, total=False):
     done: int
     failed: int
     cancelled: int  # only once the job is cancelled
+    settled: int  # a job over a source, while it runs: images with a result, any status
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,12 @@ class JobStatus:
         return self.state in ("complete", "cancelled")
 
 
-def job_status(total: int, statuses: Iterable[str], *, cancelled: bool) -> JobStatus:
+def job_status(
+    total: int, statuses: Iterable[str], *, cancelled: bool, listing: bool = False
+) -> JobStatus:
     """The one rule. A cancelled image's result is proof of the cancel too, for readers
-    that see no cancel marker (an event stream)."""
+    that see no cancel marker (an event stream). A job whose source is still being
+    listed (``listing``) is not finished, however many of its images are."""
     tally = {"done": 0, "failed": 0, "cancelled": 0}
     for status in statuses:
         if status in tally:
@@ -85,7 +91,7 @@ def job_status(total: int, statuses: Iterable[str], *, cancelled: bool) -> JobSt
     }
     if cancelled:
         counts["cancelled"] = tally["cancelled"]
-    complete = finished >= total
+    complete = finished >= total and not listing
     state: JobState
     if cancelled:
         state = "cancelled" if complete else "cancelling"
@@ -173,6 +179,29 @@ class JobStore:
             (queue or self.queue).send_batch(tasks)
         return len(tasks)
 
+    def enqueue_source(
+        self,
+        job_id: str,
+        source: str,
+        keys: Iterable[str],
+        reply_to: str | None,
+        *,
+        queue: Queue | None = None,
+        **options: Any,
+    ) -> int:
+        """One task per source key, in one ``send_batch`` to ``queue`` (as ``enqueue``);
+        IDs come from the keys; ``options`` are ``Task``'s fields (model, version)."""
+        now = time.time()
+        tasks = [
+            Task.of_source(
+                job_id, source, key, reply_to=reply_to, enqueued_at=now, **options
+            ).to_json()
+            for key in keys
+        ]
+        if tasks:
+            (queue or self.queue).send_batch(tasks)
+        return len(tasks)
+
     def abort(self, job: PendingJob) -> None:
         """Remove what a failed upload stored; best effort, the job was never enqueued."""
         for key in job.stored_keys:
@@ -241,14 +270,54 @@ class JobStore:
         except ObjectNotFound:
             return None
 
+    def listing(self, job_id: str) -> ListingRecord | None:
+        """A job over a source: how far its listing got; None for an upload."""
+        try:
+            return as_listing(self.storage.get_json(layout.listing_key(job_id)))
+        except ObjectNotFound:
+            return None
+
+    def extent(self, manifest: JobManifest) -> tuple[int, bool]:
+        """How many images the job has so far, and whether more may come (a listing)."""
+        if "source" not in manifest:
+            return len(manifest["images"]), False
+        listing = self.listing(manifest["job_id"])
+        if listing is None:
+            return 0, True  # the listing record is written just after the manifest
+        return listing["count"], listing["phase"] == "listing"
+
+    def source_status(self, manifest: JobManifest, listing: ListingRecord | None) -> JobStatus:
+        """A job over a source, without reading its results (there may be millions):
+        ``settled`` from the result keys while it runs, the output's tally once written
+        (``listing`` is its record, read once by the caller for a consistent answer)."""
+        job_id = manifest["job_id"]
+        total = 0 if listing is None else listing["count"]
+        cancelled = self.is_cancelled(job_id)
+        if listing is not None and "tally" in listing:
+            tally = listing["tally"]
+            counts: JobCounts = {
+                "total": total,
+                "queued": 0,
+                "done": tally.get("done", 0),
+                "failed": tally.get("failed", 0) + tally.get("missing", 0),
+            }
+            if cancelled or tally.get("cancelled"):
+                counts["cancelled"] = tally.get("cancelled", 0)
+            return JobStatus("cancelled" if "cancelled" in counts else "complete", counts)
+        settled = len(self.storage.list(layout.results_prefix(job_id)))
+        counts = {"total": total, "queued": max(0, total - settled), "settled": settled}
+        return JobStatus("cancelling" if cancelled else "running", counts)
+
     def status(self, manifest: JobManifest, results: list[ResultRecord] | None = None) -> JobStatus:
         """The job's status from its results (read here unless given) and cancel marker."""
         job_id = manifest["job_id"]
         results = self.results(job_id) if results is None else results
+        total, listing = self.extent(manifest)
         return job_status(
-            len(manifest["images"]),
+            total,
             (r["status"] for r in results),
             cancelled=self.is_cancelled(job_id),
+            listing=listing,
         )
 
     def settled_status(self, job_id: str) -> tuple[JobManifest, JobStatus] | None:
@@ -257,9 +326,10 @@ class JobStore:
         manifest = self.manifest(job_id)
         if manifest is None:
             return None
-        total = len(manifest["images"])
-        if len(self.storage.list(layout.results_prefix(job_id))) < total:
-            return manifest, job_status(total, (), cancelled=self.is_cancelled(job_id))
+        total, listing = self.extent(manifest)
+        if listing or len(self.storage.list(layout.results_prefix(job_id))) < total:
+            cancelled = self.is_cancelled(job_id)
+            return manifest, job_status(total, (), cancelled=cancelled, listing=listing)
         return manifest, self.status(manifest)
 
     # The catalog --------------------------------------------------------------
@@ -310,7 +380,7 @@ class JobStore:
 
     def remove(self, job_id: str, *, keep_marker: bool = False, owner: str = ANONYMOUS) -> int:
         """Delete every object of the job, manifest first (so GET answers 404 at once)."""
-        keys = [layout.manifest_key(job_id), layout.webhook_key(job_id)]
+        keys = [layout.manifest_key(job_id), layout.webhook_key(job_id), layout.listing_key(job_id)]
         if owner != ANONYMOUS:
             keys.append(layout.owner_index_key(owner, job_id))
         for prefix in layout.job_prefixes(job_id):

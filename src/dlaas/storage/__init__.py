@@ -8,9 +8,36 @@ from urllib.parse import unquote, urlparse
 from dlaas.errors import ConfigError, StorageError
 from dlaas.storage.base import Storage, validate_key
 
-__all__ = ["ACCEPTED_SCHEMES", "Storage", "open_storage", "validate_key"]
+__all__ = [
+    "ACCEPTED_SCHEMES",
+    "SOURCE_SCHEMES",
+    "Storage",
+    "open_source",
+    "open_storage",
+    "validate_key",
+]
 
 ACCEPTED_SCHEMES = ("memory", "file", "s3")
+SOURCE_SCHEMES = ("file", "s3")
+
+
+def open_source(url: str, **options: Any) -> Storage:
+    """Open a user's folder or bucket prefix read-only: a job's images stay where they are.
+
+    ``file:///dir/`` must exist (ObjectNotFound otherwise: nothing is created);
+    ``s3://bucket/prefix/`` takes the operator's S3 options (endpoint, region), never the
+    request's. Keys are relative to the URL and may hold any printable character.
+    """
+    scheme = urlparse(url).scheme
+    if scheme == "file":
+        from dlaas.storage.local import LocalStorage
+
+        _refuse_options(url, options, allowed=())
+        return LocalStorage(_file_path(url), read_only=True)
+    if scheme == "s3":
+        return open_storage(url, read_only=True, **options)
+    accepted = ", ".join(f"{s}://" for s in SOURCE_SCHEMES)
+    raise ConfigError(f"source URL {url!r} has an unknown scheme; accepted: {accepted}")
 
 
 def open_storage(url: str, **options: Any) -> Storage:

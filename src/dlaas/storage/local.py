@@ -13,11 +13,11 @@ import errno
 import itertools
 import os
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from dlaas.errors import InvalidKey, ObjectNotFound, StorageError
-from dlaas.storage.base import Storage, validate_key
+from dlaas.storage.base import Storage
 
 # Temporary names carry a "~", which no valid key segment may contain, so ``list`` can
 # never mistake a write in progress for an object.
@@ -43,10 +43,17 @@ _PUT_ATTEMPTS = 20
 class LocalStorage(Storage):
     """A directory of files. ``fsync=True`` makes each put durable across power loss (slower)."""
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = False) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, fsync: bool = False, read_only: bool = False
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.fsync = fsync
+        self.read_only = read_only
         self.url = f"file://{self.root}"
+        if read_only:  # a source is someone else's folder: never created, only read
+            if not self.root.is_dir():
+                raise ObjectNotFound(f"no folder {self.root}; check the file:// URL")
+            return
         if self.root.exists() and not self.root.is_dir():
             raise StorageError(
                 f"storage path {self.root} exists but is not a directory; "
@@ -157,8 +164,12 @@ class LocalStorage(Storage):
                 os.close(dir_fd)
 
     def _get(self, key: str) -> bytes:
+        path = self._path(key)
+        if self.read_only and self.root not in Path(os.path.realpath(path)).parents:
+            # A link inside a source may point anywhere: only the folder itself is allowed.
+            raise ObjectNotFound(f"{key!r} in {self.url} links outside the folder; not read")
         try:
-            with open(self._path(key), "rb") as f:
+            with open(path, "rb") as f:
                 return f.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ObjectNotFound(f"no object stored under key {key!r} in {self.url}") from None
@@ -222,8 +233,81 @@ class LocalStorage(Storage):
             key = base + entry.name
             if entry.is_dir(follow_symlinks=False):
                 yield from self._walk(Path(entry.path), key + "/")
-            elif entry.is_file(follow_symlinks=False) and _is_key(key):
+            elif entry.is_file(follow_symlinks=False) and self._is_key(key):
                 yield key
+
+    def _list_page(self, prefix: str, start_after: str, limit: int) -> list[str]:
+        """Walk in key order, skipping whole folders that sort before ``start_after``, and
+        stop after ``limit`` keys: a page costs one folder's names, not the whole tree."""
+        head, _, _ = prefix.rpartition("/")
+        start = self._path(head) if head else self.root
+        base = head + "/" if head else ""
+        page: list[str] = []
+        try:
+            for key in self._walk_sorted(start, base, start_after):
+                if key.startswith(prefix) and key > start_after:
+                    page.append(key)
+                    if len(page) == limit:
+                        break
+        except OSError as exc:
+            raise self._error("list", prefix or "<all>", exc.errno, exc.strerror) from exc
+        return page
+
+    def _walk_sorted(self, directory: Path, base: str, start_after: str) -> Iterator[str]:
+        """Keys under ``directory`` in string order: a folder sorts as its name plus "/",
+        which is where every key inside it sorts."""
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        named = []
+        for entry in entries:
+            if _TEMP_MARK in entry.name:
+                continue
+            is_dir = entry.is_dir(follow_symlinks=False)
+            named.append((base + entry.name + ("/" if is_dir else ""), is_dir, entry))
+        named.sort(key=lambda item: item[0])
+        for key, is_dir, entry in named:
+            if is_dir:
+                # Every key inside starts with ``key``: skip the folder if they all sort
+                # before the cursor.
+                if key < start_after[: len(key)]:
+                    continue
+                yield from self._walk_sorted(Path(entry.path), key, start_after)
+            elif entry.is_file(follow_symlinks=False) and self._is_key(key):
+                yield key
+
+    def _put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Chunks go to a temporary file as they come, then one rename: never whole in memory."""
+
+        def write(path: Path) -> None:
+            temp = path.with_name(f".{path.name}{_TEMP_MARK}{_TEMP_PREFIX}{next(_temp_seq)}.tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with open(temp, "xb") as f:
+                    for chunk in chunks:
+                        f.write(chunk)
+                    if self.fsync:
+                        f.flush()
+                        os.fsync(f.fileno())
+                os.replace(temp, path)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+
+        # One try: a retry could not replay chunks already consumed.
+        try:
+            write(self._path(key))
+        except OSError as exc:
+            raise self._error("write", key, exc.errno, exc.strerror) from exc
+
+    def _is_key(self, key: str) -> bool:
+        """Files that are not valid keys (put there by hand) are not objects."""
+        try:
+            self._key(key)
+        except InvalidKey:
+            return False
+        return True
 
     def _error(self, action: str, key: str, code: int | None, reason: str | None) -> StorageError:
         detail = reason or (os.strerror(code) if code else "unknown error")
@@ -231,12 +315,3 @@ class LocalStorage(Storage):
             f"could not {action} object {key!r} in {self.url}: {detail}; "
             "check that the disk has space and the directory is writable, then retry"
         )
-
-
-def _is_key(key: str) -> bool:
-    """Files that are not valid keys (put there by hand) are not objects."""
-    try:
-        validate_key(key)
-    except InvalidKey:
-        return False
-    return True

@@ -16,16 +16,18 @@ from __future__ import annotations
 import logging
 import random
 import re
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
+from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dlaas.aws.clients import describe_error, error_code, http_status, make_client
 from dlaas.errors import ConfigError, ObjectNotFound, StorageError
-from dlaas.storage.base import Storage, validate_key
+from dlaas.storage.base import Storage, validate_key, validate_source_key
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
@@ -48,6 +50,7 @@ class S3Storage(Storage):
         region: str | None = None,
         addressing_style: str = "auto",
         max_pool_connections: int = 32,
+        read_only: bool = False,
     ) -> None:
         """``client`` overrides the rest (tests); otherwise one is built from the settings.
 
@@ -59,9 +62,10 @@ class S3Storage(Storage):
                 f"S3 bucket name {bucket!r} is invalid; use 3-63 characters from a-z 0-9 . -"
             )
         prefix = prefix.strip("/")
+        self.read_only = read_only
         if prefix:
             try:
-                validate_key(prefix)
+                validate_source_key(prefix) if read_only else validate_key(prefix)
             except ValueError as exc:
                 raise ConfigError(f"S3 key prefix {prefix!r} is invalid: {exc}") from None
         if addressing_style not in ADDRESSING_STYLES:
@@ -72,6 +76,7 @@ class S3Storage(Storage):
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._owns_client = client is None  # a shared client is closed by whoever made it
         self.client = client or make_client(
             "s3",
             region=region,
@@ -104,7 +109,7 @@ class S3Storage(Storage):
                 f"storage URL {url!r} has a query or fragment; s3:// takes none. "
                 "Use --s3-endpoint-url, --aws-region and --s3-addressing-style instead"
             )
-        unknown = sorted(set(options) - {"max_pool_connections"})
+        unknown = sorted(set(options) - {"max_pool_connections", "read_only", "client"})
         if unknown:
             raise ConfigError(
                 f"storage URL {url!r} does not take option(s) {', '.join(unknown)}; accepted: "
@@ -174,7 +179,8 @@ class S3Storage(Storage):
         return self.atomic_create
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
 
     # The six primitives ---------------------------------------------------------
 
@@ -264,6 +270,44 @@ class S3Storage(Storage):
         except (BotoCoreError, ClientError) as exc:
             raise self._error("list", prefix or "(all)", exc) from exc
 
+    def _list_page(self, prefix: str, start_after: str, limit: int) -> list[str]:
+        """ListObjectsV2 from ``StartAfter``, in the store's order (S3's is key order)."""
+        page: list[str] = []
+        after = self.prefix + start_after if start_after else ""
+        while len(page) < limit:
+            request: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Prefix": self.prefix + prefix,
+                "MaxKeys": min(1000, limit - len(page)),
+            }
+            if after:
+                request["StartAfter"] = after
+            try:
+                answer = self.client.list_objects_v2(**request)
+            except (BotoCoreError, ClientError) as exc:
+                raise self._error("list", prefix or "(all)", exc) from exc
+            contents = answer.get("Contents", ())
+            for item in contents:
+                key = str(item["Key"])[len(self.prefix) :]
+                if key and not key.endswith("/"):
+                    page.append(key)
+            if not contents or not answer.get("IsTruncated"):
+                break
+            after = str(contents[-1]["Key"])
+        return page
+
+    def _put_stream(self, key: str, chunks: Iterable[bytes]) -> None:
+        """Spooled to a temporary file past 8 MB, then one upload (multipart when large):
+        memory stays flat however many lines a job's output has."""
+        with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as spool:
+            for chunk in chunks:
+                spool.write(chunk)
+            spool.seek(0)
+            try:
+                self.client.upload_fileobj(spool, self.bucket, self.prefix + key)
+            except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+                raise self._error("put", key, exc) from exc
+
     # Errors -------------------------------------------------------------------------
 
     def _error(self, action: str, key: str, exc: BaseException) -> StorageError:
@@ -271,6 +315,8 @@ class S3Storage(Storage):
         code = error_code(exc)
         if code in _NOT_FOUND or (action == "get" and http_status(exc) == 404):
             return ObjectNotFound(f"no object stored under key {key!r} in {self.url}")
+        if code == "NoSuchBucket" and self.read_only:  # a source whose bucket went away
+            return ObjectNotFound(f"the bucket of {self.url} is gone (reading {key!r})")
         if code == "NoSuchBucket":
             return StorageError(
                 f"S3 bucket {self.bucket!r} does not exist (while trying to {action} {where}); "

@@ -40,9 +40,13 @@ def create_app(ctx: WebContext) -> FastAPI:
         ctx.hub.start(asyncio.get_running_loop())
         if dispatcher is not None:
             dispatcher.start()
+        if ctx.source_jobs is not None:
+            ctx.source_jobs.start_scanner()  # resumes listings a dead process left
         try:
             yield
         finally:
+            if ctx.source_jobs is not None:
+                ctx.source_jobs.close()
             if dispatcher is not None:
                 await run_in_threadpool(dispatcher.stop)
             await run_in_threadpool(ctx.hub.stop)
@@ -61,7 +65,9 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(
         jobs.upload_router(
-            webhooks_on=bool(ctx.allow_hosts), max_files=ctx.settings.max_files_per_job
+            webhooks_on=bool(ctx.allow_hosts),
+            max_files=ctx.settings.max_files_per_job,
+            sources_on=ctx.source_jobs is not None,
         )
     )
     app.include_router(models.router)

@@ -14,6 +14,8 @@ from fastapi import Depends
 from starlette.requests import Request
 
 from dlaas.jobs.idempotency import IdempotencyStore
+from dlaas.jobs.listing import SourceJobs
+from dlaas.jobs.sources import AllowedRoot
 from dlaas.jobs.store import JobStore
 from dlaas.keys import ANONYMOUS, KeyRing
 from dlaas.lifecycle.webhooks import WebhookDispatcher
@@ -32,7 +34,8 @@ class WebContext:
 
     ``stats_provider`` is the controller's ``stats`` (None: the queue's own numbers);
     ``workers_readiness`` the launcher's ``readiness`` (None: not checked);
-    ``allow_hosts`` the webhook hosts (empty: webhooks off, ``dispatcher`` None).
+    ``allow_hosts`` the webhook hosts (empty: webhooks off, ``dispatcher`` None);
+    ``source_jobs`` runs the jobs over stored images, under ``source_roots``.
     """
 
     settings: Settings
@@ -49,6 +52,8 @@ class WebContext:
     dispatcher: WebhookDispatcher | None = None
     stats_provider: Callable[[], dict[str, Any]] | None = None
     workers_readiness: Callable[[], str] | None = None
+    source_roots: tuple[AllowedRoot, ...] = ()  # --source-allow; empty: no jobs over sources
+    source_jobs: SourceJobs | None = None
 
 
 async def web_context(request: Request) -> WebContext:

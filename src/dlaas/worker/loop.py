@@ -29,6 +29,7 @@ from dlaas.worker.options import WorkerOptions
 from dlaas.worker.outcome import Admitted, Failed, Outcome, Retry, SupportsClassify
 from dlaas.worker.settle import Settler
 from dlaas.worker.shelf import ModelShelf
+from dlaas.worker.sources import Sources
 
 log = logging.getLogger("dlaas.worker")
 
@@ -48,6 +49,7 @@ class Worker:
         options: WorkerOptions | None = None,
         on_busy: Callable[[bool], None] | None = None,
         shelf: ModelShelf | None = None,
+        sources: Sources | None = None,
     ) -> None:
         self.storage = storage
         self.queue = queue
@@ -56,6 +58,7 @@ class Worker:
         self.worker_id = worker_id
         self.options = options = options or WorkerOptions()
         self.on_busy = on_busy
+        self.sources = sources or Sources()
         self.receive_wait_s = min(options.receive_wait_s, options.idle_timeout_s)
         self.jobs = JobStore(storage, queue)
         self.health = HealthReporter(storage, worker_id)
@@ -172,7 +175,7 @@ class Worker:
                         item.message, item.task, error, item.received_at, item.timings_ms
                     )
                 continue
-            outcome.fetch_and_decode(self.jobs, classifier, group)
+            outcome.fetch_and_decode(self.jobs, classifier, group, self.sources)
             infer_ms += outcome.infer(classifier, group, self.options.top_k)
         return infer_ms
 

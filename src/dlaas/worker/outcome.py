@@ -6,7 +6,8 @@ outcome in one step. The outcomes, and what settling does with each:
 - ``Malformed``: a body that is not a task; dead-lettered at once.
 - ``Dropped``: its job was cancelled; a ``cancelled`` result is recorded (unless the job
   was purged), the message deleted.
-- ``Repeat``: a repeat delivery whose input was removed after its result was stored;
+- ``Repeat``: a repeat delivery whose input was removed after its result was stored
+  (or, for an image in a source, whose result is stored: a source is never removed);
   the message is deleted and the result left alone.
 - ``Retry``: a transient failure (storage); the message is left for redelivery.
 - ``Failed`` / ``Done``: a result record to store or send, then the message deleted.
@@ -31,6 +32,7 @@ from dlaas.jobs.records import CancelMarker, pack_scores
 from dlaas.jobs.store import JobStore
 from dlaas.model.spec import Prediction
 from dlaas.queue.base import Message
+from dlaas.worker.sources import SourceGone, Sources
 
 
 class SupportsClassify(Protocol):
@@ -108,8 +110,10 @@ class Admitted:
 
 
 def admit(jobs: JobStore, batch: list[Message], received_at: float) -> list[Admitted | Outcome]:
-    """Parse every message and drop those of cancelled jobs."""
+    """Parse every message, drop those of cancelled jobs, and those of source images
+    already classified (a resumed listing may enqueue a page twice)."""
     markers: dict[str, CancelMarker | None] = {}
+    seen: set[tuple[str, str]] = set()
     out: list[Admitted | Outcome] = []
     for message in batch:
         try:
@@ -124,6 +128,9 @@ def admit(jobs: JobStore, batch: list[Message], received_at: float) -> list[Admi
             if marker is not None:
                 out.append(Dropped(message, task, marker["purged"]))
                 continue
+        if task.source is not None and _classified(jobs, task, seen):
+            out.append(Repeat(message, task))
+            continue
         wait_ms = max(0.0, (received_at - (task.enqueued_at or message.sent_at)) * 1000)
         out.append(Admitted(message, task, received_at, {"queue_wait": round(wait_ms, 3)}))
     return out
@@ -136,13 +143,33 @@ def _marker(jobs: JobStore, job_id: str) -> CancelMarker | None:
         return None  # the store is flaky: the fetch will say so, or the job just runs
 
 
-def fetch_and_decode(jobs: JobStore, classifier: SupportsClassify, items: list[Admitted]) -> None:
+def _classified(jobs: JobStore, task: Task, seen: set[tuple[str, str]]) -> bool:
+    """A twin earlier in this batch, or a result stored already."""
+    ids = (task.job_id, task.image_id)
+    if ids in seen:
+        return True
+    seen.add(ids)
+    try:
+        return jobs.storage.exists(layout.result_key(task.job_id, task.image_id))
+    except StorageError:
+        return False  # classify it: a second record is the same record
+
+
+def fetch_and_decode(
+    jobs: JobStore, classifier: SupportsClassify, items: list[Admitted], sources: Sources
+) -> None:
     """Read each input and decode it; an item that cannot run gets its outcome here."""
     for item in items:
         task = item.task
         t0 = time.perf_counter()
         try:
-            data = jobs.storage.get(task.key)
+            if task.source is None:
+                data = jobs.storage.get(task.key)
+            else:
+                data = sources.get(task.source, task.key)
+        except SourceGone as exc:
+            item.outcome = Failed(item.message, task, str(exc), item.received_at, item.timings_ms)
+            continue
         except ObjectNotFound:
             _gone(jobs, item)
             continue

@@ -119,14 +119,14 @@ class Settler:
             )
             store = not task.inline
             reply = Finished(record, stored=store, batch=figures)
-            return _Ending(outcome.message, task.key, task.reply_to, reply, record, store)
+            return _Ending(outcome.message, task.input_key, task.reply_to, reply, record, store)
         return None
 
     def _dropped(self, outcome: Dropped) -> _Ending:
         """A cancelled job's message: recorded as ``cancelled`` unless the job was purged."""
         task = outcome.task
         if outcome.purged:  # nothing is written for a job that no longer exists
-            return _Ending(outcome.message, task.key)
+            return _Ending(outcome.message, task.input_key)
         record = result_record(
             job_id=task.job_id,
             image_id=task.image_id,
@@ -137,7 +137,7 @@ class Settler:
             enqueued_at=task.enqueued_at,
         )
         reply = Cancelled(task.job_id, task.image_id)
-        return _Ending(outcome.message, task.key, task.reply_to, reply, record, store=True)
+        return _Ending(outcome.message, task.input_key, task.reply_to, reply, record, store=True)
 
     def _put(self, record: ResultRecord) -> bool:
         try:

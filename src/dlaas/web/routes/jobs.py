@@ -23,12 +23,14 @@ from dlaas.jobs.records import (
     AcceptedBody,
     AcceptedImage,
     JobManifest,
+    ListingRecord,
     Rejection,
     ResultRecord,
     owner_of,
 )
 from dlaas.jobs.store import MAX_PAGE, JobStatus, JobStore, job_status
 from dlaas.model.index import Target
+from dlaas.web import source_jobs
 from dlaas.web.context import Context, WebContext, owner
 from dlaas.web.routes.docs import JOB_ID_SCHEMA, parameter_doc
 from dlaas.web.routes.sse import EVENT_STREAM_DOC, EventStreamResponse, event_stream, sse
@@ -85,7 +87,11 @@ async def list_jobs(
         manifests, next_cursor = ctx.jobs.page(caller, limit=limit, cursor=cursor)
         rows = []
         for manifest in manifests:
-            status = ctx.jobs.status(manifest)
+            if "source" in manifest:  # counts without reading a job's (many) results
+                listing = ctx.jobs.listing(manifest["job_id"])
+                status = ctx.jobs.source_status(manifest, listing)
+            else:
+                status = ctx.jobs.status(manifest)
             rows.append(
                 {
                     "job_id": manifest["job_id"],
@@ -110,7 +116,10 @@ async def create_job(
     callback_url: str | None = Query(None, include_in_schema=False),  # see upload_router
     idempotency_key: str | None = Header(None, alias="Idempotency-Key", include_in_schema=False),
 ) -> JSONResponse:
-    """Upload one or many images (multipart field ``files``) as one job."""
+    """Upload one or many images (multipart field ``files``) as one job; or, with a JSON
+    body, classify the images in a bucket prefix or folder where they are (docs/api.md)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        return await _create_source_job(request, ctx, callback_url, idempotency_key)
     ingest = ctx.ingest
     submit = await Submission.start(ctx, request, callback_url, idempotency_key)
     rejected: list[Rejection] = []
@@ -154,11 +163,14 @@ async def create_job(
     return JSONResponse(body, status_code=202)
 
 
-def upload_router(*, webhooks_on: bool, max_files: int) -> APIRouter:
+def upload_router(*, webhooks_on: bool, max_files: int, sources_on: bool) -> APIRouter:
     """``POST /v1/jobs``, whose schema says what this service takes: non-empty files (at
-    most ``max_files``), an ``Idempotency-Key`` of the accepted shape, and ``callback_url``
-    only where webhooks are on (elsewhere it is refused with 400 ``callback_refused``)."""
+    most ``max_files``), an ``Idempotency-Key`` of the accepted shape, ``callback_url``
+    only where webhooks are on (elsewhere it is refused with 400 ``callback_refused``),
+    and a JSON body naming stored images only where ``--source-allow`` turns that on."""
     doc = multipart_doc("files", many=True, max_files=max_files)
+    if sources_on:
+        doc["requestBody"]["content"].update(source_jobs.json_doc())
     parameters = [parameter_doc("Idempotency-Key", "header", KEY_SCHEMA, KEY_DOC)]
     if webhooks_on:
         parameters.append(parameter_doc("callback_url", "query", CALLBACK_SCHEMA, CALLBACK_DOC))
@@ -188,6 +200,22 @@ UPLOAD_REFUSALS: Responses = {
 }
 
 
+async def _create_source_job(
+    request: Request, ctx: Context, callback_url: str | None, idempotency_key: str | None
+) -> JSONResponse:
+    source_jobs.check_on(ctx)
+    wanted = await source_jobs.read_request(request)
+    callback = wanted.webhook or callback_url
+    submit = await Submission.start(ctx, request, callback, idempotency_key)
+    try:
+        body = await source_jobs.create(ctx, wanted, submit)
+    except Replay as replay:
+        return JSONResponse(replay.body, status_code=202)
+    finally:
+        await run_in_threadpool(submit.release)
+    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{body['job_id']}"})
+
+
 def _rejection(index: int, filename: str, exc: WebError) -> Rejection:
     return {
         "index": index,
@@ -199,15 +227,45 @@ def _rejection(index: int, filename: str, exc: WebError) -> Rejection:
 
 
 @router.get("/v1/jobs/{job_id}", responses=NOT_FOUND)
-async def get_job(job_id: str, request: Request, ctx: Context) -> dict[str, Any]:
+async def get_job(
+    job_id: str,
+    request: Request,
+    ctx: Context,
+    results: bool = Query(True, description="include every result so far (false: counts only)"),
+) -> dict[str, Any]:
     """Status counts and every result so far; works from any web process."""
 
     def read() -> dict[str, Any]:
         manifest = manifest_or_404(ctx.jobs, job_id, owner(request))
-        results = ctx.jobs.results(job_id)
-        return job_body(manifest, results, ctx.jobs.status(manifest, results))
+        listing = ctx.jobs.listing(job_id) if "source" in manifest else None
+        if "source" in manifest and not results:  # counts only: no result record is read
+            body = job_body(manifest, [], ctx.jobs.source_status(manifest, listing))
+        else:
+            found = ctx.jobs.results(job_id)
+            body = job_body(manifest, found, ctx.jobs.status(manifest, found))
+            if not results:
+                body["results"] = []
+        if "source" in manifest:
+            body["source"] = manifest["source"]
+            body["listing"] = _listing_view(listing)
+        return body
 
     return await run_in_threadpool(read)
+
+
+def _listing_view(record: ListingRecord | None) -> dict[str, Any] | None:
+    """What a client sees of a job's listing: phase, keys listed, the output once written."""
+    if record is None:
+        return None
+    view: dict[str, Any] = {
+        "phase": record["phase"],
+        "listed": record["count"],
+        "error": record["error"],
+        "cancelled": record["cancelled"],
+    }
+    if "output_url" in record:
+        view["output_url"] = record["output_url"]
+    return view
 
 
 def job_body(
@@ -242,7 +300,6 @@ async def job_events(job_id: str, request: Request, ctx: Context) -> StreamingRe
     inbox = hub.subscribe(job_id)
 
     async def stream() -> AsyncIterator[str]:
-        total = len(manifest["images"])
         seen: dict[str, str] = {}  # image ID -> its result's status
         names = {i["image_id"]: i["filename"] for i in manifest["images"]}
 
@@ -252,10 +309,11 @@ async def job_events(job_id: str, request: Request, ctx: Context) -> StreamingRe
             return sse("result", result)
 
         try:
+            total, listing = await run_in_threadpool(jobs.extent, manifest)
             yield sse("job", {"job_id": job_id, "total": total, "images": manifest["images"]})
             for result in await run_in_threadpool(jobs.results, job_id):
                 yield emit(result)
-            while len(seen) < total:
+            while listing or len(seen) < total:
                 if await request.is_disconnected():
                     return
                 try:
@@ -263,6 +321,8 @@ async def job_events(job_id: str, request: Request, ctx: Context) -> StreamingRe
                 except TimeoutError:
                     for result in await run_in_threadpool(jobs.results, job_id, seen):
                         yield emit(result)
+                    if listing:  # a job over a source grows while it is listed
+                        total, listing = await run_in_threadpool(jobs.extent, manifest)
                     yield ": keep-alive\n\n"
                     continue
                 if reply.image_id in seen:
@@ -306,7 +366,9 @@ async def cancel_job(job_id: str, request: Request, ctx: Context) -> JSONRespons
             )
         if status.state == "running":
             jobs.cancel(job_id)
-        status = job_status(len(manifest["images"]), (r["status"] for r in results), cancelled=True)
+        total, listing = jobs.extent(manifest)
+        statuses = (r["status"] for r in results)
+        status = job_status(total, statuses, cancelled=True, listing=listing)
         return JSONResponse(
             {"job_id": job_id, "status": status.state, "counts": status.counts}, status_code=202
         )
