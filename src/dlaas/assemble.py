@@ -85,13 +85,10 @@ def build_app(
     limits: Limits | None = None,
     queue_for: Callable[[str | None], Queue] | None = None,
 ) -> FastAPI:
-    """The web app around already-open backends, every part built here once:
-    ``stats_provider`` is the controller's ``stats``; ``on_enqueued`` its ``wake`` (an
-    idle service starts workers the moment a job arrives); ``workers_readiness`` the
-    launcher's ``readiness``, which ``/readyz`` waits for too; ``limits`` the owner limits
-    shared with other replicas (``open_limits_from``), else kept in this process;
-    ``queue_for`` the pools' ``queue_for`` (a model's tasks go to its pool's queue; None:
-    every task to ``queue``)."""
+    """The web app around open backends, every part built here once. From the controller:
+    ``stats_provider``, ``on_enqueued`` (its ``wake``: an idle service starts workers as a
+    job arrives), ``workers_readiness`` (``/readyz`` waits for it) and ``queue_for`` (each
+    model's queue); ``limits`` shared with other replicas, else kept in this process."""
     from dlaas.jobs.idempotency import IdempotencyStore
     from dlaas.jobs.store import JobStore
     from dlaas.lifecycle.webhooks import build_dispatcher, webhooks_allowed
@@ -108,12 +105,7 @@ def build_app(
     limits = limits or _in_process_limits(settings)
     owners, dispatcher = limits.backlog, build_dispatcher(settings, jobs)
     hub = _reply_hub(settings, jobs, metrics, owners, dispatcher)
-
-    def accepted(n: int, model: str | None) -> None:
-        metrics.images_accepted(n)
-        if on_enqueued is not None:
-            on_enqueued(model)
-
+    accepted = metrics.accepted_hook(on_enqueued)
     roots, source_jobs = build_source_jobs(settings, jobs, hub.name, accepted, queue_for)
     ingest = Ingest(
         jobs,

@@ -74,9 +74,8 @@ class Settings(BaseSettings):
     source_allow: str = Field("", description="folders jobs over stored images may read and"
         " write: s3://bucket/prefix/,file:///data/ or owner=URL; empty turns them off")  # fmt: skip
     source_page_keys: int = Field(1000, ge=1, le=10_000, description="keys per listing page")
-    reply_queue_stale_s: float = Field(
-        90.0, gt=0, description="a replica silent this long is dead: another clears its replies"
-    )
+    reply_queue_stale_s: float = Field(90.0, gt=0, description="a replica silent this long is"
+        " dead: another clears its replies")  # fmt: skip
 
     # Security and tenancy (docs/security.md).
     api_keys_file: Path | None = Field(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -112,6 +112,19 @@ class Metrics:
 
     def images_accepted(self, n: int) -> None:
         self.accepted.inc(n)
+
+    def accepted_hook(
+        self, then: Callable[[str | None], None] | None
+    ) -> Callable[[int, str | None], None]:
+        """What a commit calls with its image count and model: counted here, then
+        ``then(model)`` (the controller's wake, so an idle pool starts at once)."""
+
+        def accepted(n: int, model: str | None) -> None:
+            self.images_accepted(n)
+            if then is not None:
+                then(model)
+
+        return accepted
 
     def observe_reply(self, reply: Reply) -> None:
         """Count one result, observe its timings and log its arrival.

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from dlaas.errors import ConfigError, DlaasError, ObjectNotFound, WebError
 from dlaas.jobs import layout
@@ -28,7 +29,7 @@ from dlaas.queue.base import Queue
 from dlaas.settings import Settings
 from dlaas.storage import Storage, open_source, open_storage
 from dlaas.web.context import WebContext
-from dlaas.web.routes.submission import Submission
+from dlaas.web.routes.submission import Replay, Submission
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -201,3 +202,20 @@ async def create(ctx: WebContext, wanted: SourceJobRequest, submit: Submission) 
 
     await run_in_threadpool(store)
     return body
+
+
+async def respond(
+    request: Request, ctx: WebContext, callback_url: str | None, idempotency_key: str | None
+) -> JSONResponse:
+    """``POST /v1/jobs`` with a JSON body: check, store and start the job; its 202."""
+    check_on(ctx)
+    wanted = await read_request(request)
+    callback = wanted.webhook or callback_url
+    submit = await Submission.start(ctx, request, callback, idempotency_key)
+    try:
+        body = await create(ctx, wanted, submit)
+    except Replay as replay:
+        return JSONResponse(replay.body, status_code=202)
+    finally:
+        await run_in_threadpool(submit.release)
+    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{body['job_id']}"})

@@ -13,9 +13,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from dlaas.errors import WebError
-from dlaas.jobs.records import short_label
+from dlaas.jobs.records import ResultRecord, short_label
+from dlaas.model.index import Target
 from dlaas.web import sync
-from dlaas.web.context import Context, owner
+from dlaas.web.context import Context, WebContext, owner
 from dlaas.web.uploads import multipart_doc
 
 STILL_QUEUED_DOC: dict[int | str, dict[str, object]] = {
@@ -65,6 +66,20 @@ def still_queued(queued: sync.StillQueued) -> JSONResponse:
     return JSONResponse(body, status_code=202, headers={"Location": location})
 
 
+async def _classify_one(
+    request: Request,
+    ctx: WebContext,
+    image: tuple[str, bytes],
+    timeout_s: float,
+    target: Target,
+    started_at: float,
+) -> list[ResultRecord] | sync.StillQueued:
+    return await sync.classify(
+        ctx.ingest, ctx.hub, [image], timeout_s, owner=owner(request), started_at=started_at,
+        target=target,
+    )  # fmt: skip
+
+
 def build_router(default_timeout_s: float) -> APIRouter:
     """The routes; built per app because ``timeout_s``'s default is a setting the schema shows."""
     router = APIRouter(tags=["classify"])
@@ -88,15 +103,7 @@ def build_router(default_timeout_s: float) -> APIRouter:
         filename, data, fields = await ctx.uploads.one_file_fields(request, "file")
         if model is None and fields.get("model"):
             target = ctx.models.resolve(fields["model"], fields.get("version") or version)
-        answer = await sync.classify(
-            ctx.ingest,
-            ctx.hub,
-            [(filename, data)],
-            timeout_s,
-            owner=owner(request),
-            started_at=started_at,
-            target=target,
-        )
+        answer = await _classify_one(request, ctx, (filename, data), timeout_s, target, started_at)
         if isinstance(answer, sync.StillQueued):
             return still_queued(answer)
         return _Json(answer[0])
@@ -114,15 +121,7 @@ def build_router(default_timeout_s: float) -> APIRouter:
         filename, data, fields = await ctx.uploads.one_file_fields(request, "myfile")
         target = ctx.models.resolve(fields.get("model") or None, fields.get("version") or None)
         timeout_s = ctx.settings.classify_timeout_s
-        answer = await sync.classify(
-            ctx.ingest,
-            ctx.hub,
-            [(filename, data)],
-            timeout_s,
-            owner=owner(request),
-            started_at=started_at,
-            target=target,
-        )
+        answer = await _classify_one(request, ctx, (filename, data), timeout_s, target, started_at)
         if isinstance(answer, sync.StillQueued):
             return still_queued(answer)
         (result,) = answer

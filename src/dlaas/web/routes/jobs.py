@@ -119,7 +119,7 @@ async def create_job(
     """Upload one or many images (multipart field ``files``) as one job; or, with a JSON
     body, classify the images in a bucket prefix or folder where they are (docs/api.md)."""
     if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
-        return await _create_source_job(request, ctx, callback_url, idempotency_key)
+        return await source_jobs.respond(request, ctx, callback_url, idempotency_key)
     ingest = ctx.ingest
     submit = await Submission.start(ctx, request, callback_url, idempotency_key)
     rejected: list[Rejection] = []
@@ -198,22 +198,6 @@ UPLOAD_REFUSALS: Responses = {
     422: {"description": "an image over --max-pixels, corrupt or cut short"},
     429: {"description": "too many images wait; retry after `Retry-After` seconds"},
 }
-
-
-async def _create_source_job(
-    request: Request, ctx: Context, callback_url: str | None, idempotency_key: str | None
-) -> JSONResponse:
-    source_jobs.check_on(ctx)
-    wanted = await source_jobs.read_request(request)
-    callback = wanted.webhook or callback_url
-    submit = await Submission.start(ctx, request, callback, idempotency_key)
-    try:
-        body = await source_jobs.create(ctx, wanted, submit)
-    except Replay as replay:
-        return JSONResponse(replay.body, status_code=202)
-    finally:
-        await run_in_threadpool(submit.release)
-    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/jobs/{body['job_id']}"})
 
 
 def _rejection(index: int, filename: str, exc: WebError) -> Rejection:
