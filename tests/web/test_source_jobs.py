@@ -220,7 +220,7 @@ def test_a_cancelled_job_writes_what_it_has_and_says_so(
             while client.get(f"/v1/jobs/{job_id}?results=false").json()["counts"]["total"] < 5:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-            assert client.delete(f"/v1/jobs/{job_id}").status_code == 202
+            assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
             svc.thread.start()  # the worker finds every task cancelled
             job = wait_written(client, job_id)
     finally:
