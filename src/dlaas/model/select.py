@@ -16,19 +16,23 @@ from dlaas.model.spec import ModelSpec, Preprocessing
 from dlaas.settings import Settings
 
 
+def preprocessing_from(settings: Settings) -> Preprocessing:
+    """The preprocessing flags of a user's own ``--model`` file."""
+    return Preprocessing(
+        input_size=settings.input_size,
+        resize_size=settings.resize_size,
+        mean=settings.mean,
+        std=settings.std,
+        layout=settings.layout,
+    )
+
+
 def model_spec_from(settings: Settings, *, force: bool = False) -> ModelSpec:
     """The user's own model if ``--model`` names a file, else the built-in one it names
     (EfficientNet-Lite0 by default), built once into its own folder of the model cache, or
     again if ``force``."""
     if settings.model_path is not None and settings.labels is not None:
-        preprocessing = Preprocessing(
-            input_size=settings.input_size,
-            resize_size=settings.resize_size,
-            mean=settings.mean,
-            std=settings.std,
-            layout=settings.layout,
-        )
-        return load_custom_model(settings.model_path, settings.labels, preprocessing)
+        return load_custom_model(settings.model_path, settings.labels, preprocessing_from(settings))
     name = settings.builtin_model or MODEL_NAME
     if name not in FP32_MODELS and name != INT8_NAME:  # a folder of the repository
         entry = find_entry(settings.model_cache_dir, name)

@@ -4,7 +4,7 @@ settings as the workers."""
 from __future__ import annotations
 
 from dlaas.model.index import ModelIndex, ModelState, VersionState
-from dlaas.model.select import default_model_name
+from dlaas.model.select import default_model_name, preprocessing_from
 from dlaas.model.spec import ModelSpec
 from dlaas.settings import Settings
 
@@ -14,16 +14,9 @@ def model_index_from(settings: Settings) -> ModelIndex:
     with the default (``--model NAME``, else EfficientNet-Lite0) first. A built-in default
     that is not built yet is listed anyway: the workers build it, as before repositories."""
     from dlaas.model.labels import imagenet_labels, read_labels
-    from dlaas.model.spec import Preprocessing
 
     if settings.model_path is not None and settings.labels is not None:
-        preprocessing = Preprocessing(
-            input_size=settings.input_size,
-            resize_size=settings.resize_size,
-            mean=settings.mean,
-            std=settings.std,
-            layout=settings.layout,
-        )
+        preprocessing = preprocessing_from(settings)
         spec = ModelSpec(
             settings.model_path.stem,
             settings.model_path,
