@@ -213,3 +213,14 @@ def test_a_repeat_delivery_after_the_input_went_keeps_the_result(
     worker.process(queue.receive(1, wait_time_s=1))
     assert storage.get_json(layout.result_key(job_id, image_id)) == first
     assert queue.stats().visible == queue.stats().in_flight == 0
+
+
+def test_a_one_image_input_under_its_job_key_is_swept_with_its_job() -> None:
+    """A synchronous call's image sits at ``inputs/<job>`` (no folder): the retention
+    sweep finds its job from the key all the same."""
+    storage = open_storage(f"memory://{layout.new_id()}")
+    job_id = layout.new_job_id()
+    storage.put(layout.input_key(job_id, "x", one_image=True), b"jpeg")
+    janitor = Janitor(storage, retention_s=60.0, clock=lambda: time.time() + 120)
+    assert janitor.sweep()["inputs"] == 1
+    assert storage.list("inputs/") == []

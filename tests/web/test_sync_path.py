@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from dlaas.jobs import layout, messages, records
-from dlaas.jobs.store import JobStore
+from dlaas.jobs.store import JobStore, PendingJob
 from dlaas.model import ModelSpec
 from dlaas.queue import open_queue
 from dlaas.queue.base import Queue
@@ -125,6 +125,62 @@ def test_a_result_that_comes_after_the_timeout_is_stored_for_polling(
             assert job["results"][0]["predictions"]
     finally:
         svc.close()
+
+
+def test_one_image_waits_under_its_job_key_and_a_purge_removes_it(
+    tiny_spec: ModelSpec, small_jpeg: bytes
+) -> None:
+    """A call of one image stores it as ``inputs/<job>`` (no folder per job on a local
+    disk); the task names that key, and cancelling with purge leaves nothing behind."""
+    svc = Service(tiny_spec, with_worker=False)
+    try:
+        with TestClient(svc.app) as client:
+            response = client.post(
+                "/v1/classify?timeout_s=0.1", files={"file": ("a.jpg", small_jpeg)}
+            )
+            assert response.status_code == 202, response.text
+            job_id = response.json()["job_id"]
+            key = layout.input_key(job_id, "", one_image=True)
+            assert svc.storage.list(layout.INPUTS) == [key]
+            (message,) = svc.queue.receive(max_messages=10, wait_time_s=1)
+            task = messages.Task.from_json(message.body)
+            assert task.key == task.input_key == key and svc.storage.get(key) == small_jpeg
+            gone = client.delete(f"/v1/jobs/{job_id}?purge=true")
+            assert gone.status_code == 200, gone.text
+            assert svc.storage.list(layout.INPUTS) == []
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1", "3600.5", "nan", "inf", "soon"])
+def test_a_timeout_out_of_range_is_refused_before_the_upload_is_read(
+    tiny_spec: ModelSpec, small_jpeg: bytes, timeout: str
+) -> None:
+    svc = Service(tiny_spec, with_worker=False)
+    try:
+        with TestClient(svc.app) as client:
+            response = client.post(
+                f"/v1/classify?timeout_s={timeout}", files={"file": ("a.jpg", small_jpeg)}
+            )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "bad_request"
+        assert "timeout_s" in response.json()["detail"]
+        assert svc.queue.stats().visible == 0
+    finally:
+        svc.close()
+
+
+def test_a_one_image_job_takes_no_second_image() -> None:
+    jobs = JobStore(open_storage("memory://"), open_queue("memory://"))
+    job = PendingJob(one_image=True)
+    entry: records.ImageEntry = {
+        "image_id": "a", "filename": "a", "format": "JPEG", "width": 1, "height": 1,
+        "size_bytes": 1,
+    }  # fmt: skip
+    jobs.add(job, entry, b"1")
+    with pytest.raises(ValueError, match="one image"):
+        jobs.add(job, {**entry, "image_id": "b"}, b"2")
+    assert jobs.storage.list("inputs/") == [layout.input_key(job.job_id, "a", one_image=True)]
 
 
 def strand_a_result(queue: Queue, storage: Storage, dead: str) -> messages.Finished:

@@ -5,6 +5,8 @@ answer (docs/architecture.md, "Storage layout"). The families, by prefix:
 
 - ``jobs/<job>.json``: the manifest (its presence is the job);
 - ``inputs/<job>/<image>``: an uploaded image, until its result is settled;
+  ``inputs/<job>`` alone for a job of one image (a synchronous call), so that on a local
+  disk its image costs one file and no folder;
 - ``results/<job>/<image>.json``: a result record;
 - ``cancelled/<job>.json``: the cancel marker (a tombstone when purged);
 - ``webhooks/<job>.json``: the completion webhook still owed (the outbox);
@@ -113,8 +115,10 @@ def manifest_key(job_id: str) -> str:
     return f"{JOBS}{job_id}.json"
 
 
-def input_key(job_id: str, image_id: str) -> str:
-    return f"{INPUTS}{job_id}/{image_id}"
+def input_key(job_id: str, image_id: str, *, one_image: bool = False) -> str:
+    """Where an upload waits; ``one_image``: the job has this image only, which is then
+    stored under the job's own key (no folder to create and remove on a local disk)."""
+    return f"{INPUTS}{job_id}" if one_image else f"{INPUTS}{job_id}/{image_id}"
 
 
 def inputs_prefix(job_id: str) -> str:
@@ -166,6 +170,16 @@ def job_of_manifest(key: str) -> str | None:
 def job_prefixes(job_id: str) -> tuple[str, ...]:
     """Prefixes holding a job's many objects (inputs, results, listing pages)."""
     return (inputs_prefix(job_id), results_prefix(job_id), f"{LISTINGS}{job_id}/")
+
+
+def job_single_keys(job_id: str) -> tuple[str, ...]:
+    """A job's objects that sit under no prefix of its own; a purge deletes them too."""
+    return (
+        manifest_key(job_id),
+        webhook_key(job_id),
+        listing_key(job_id),
+        input_key(job_id, "", one_image=True),
+    )
 
 
 # A job over a source (a bucket prefix or folder) ---------------------------------

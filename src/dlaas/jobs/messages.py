@@ -51,9 +51,10 @@ class Task:
     source: str | None = None  # the folder ``key`` is in; None: dlaas's own store
 
     @classmethod
-    def of(cls, job_id: str, image_id: str, **options: Any) -> Task:
-        """The task for one stored image of a job."""
-        return cls(job_id=job_id, image_id=image_id, key=input_key(job_id, image_id), **options)
+    def of(cls, job_id: str, image_id: str, *, one_image: bool = False, **options: Any) -> Task:
+        """The task for one stored image of a job (``one_image``: see ``layout.input_key``)."""
+        key = input_key(job_id, image_id, one_image=one_image)
+        return cls(job_id=job_id, image_id=image_id, key=key, **options)
 
     @classmethod
     def of_source(cls, job_id: str, source: str, key: str, **options: Any) -> Task:

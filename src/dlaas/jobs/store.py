@@ -109,6 +109,8 @@ class PendingJob:
     stored_keys: list[str] = field(default_factory=list)
     created_at: float = field(default_factory=time.time)
     owner: str = ANONYMOUS  # the API key's owner; only they can read the job
+    # A synchronous call of one image: it is stored under the job's own key (no folder).
+    one_image: bool = False
 
     def manifest(self) -> JobManifest:
         return {
@@ -130,7 +132,9 @@ class JobStore:
 
     def add(self, job: PendingJob, entry: ImageEntry, data: bytes) -> None:
         """Store one checked image of ``job``."""
-        key = layout.input_key(job.job_id, entry["image_id"])
+        if job.one_image and job.images:
+            raise ValueError(f"job {job.job_id} was begun for one image; it cannot take two")
+        key = layout.input_key(job.job_id, entry["image_id"], one_image=job.one_image)
         self.storage.put(key, data)
         job.stored_keys.append(key)
         job.images.append(entry)
@@ -166,13 +170,17 @@ class JobStore:
         reply_to: str | None,
         *,
         queue: Queue | None = None,
+        one_image: bool = False,
         **options: Any,
     ) -> int:
         """One task per image in one ``send_batch`` to ``queue`` (default the job store's:
-        a model's own queue when it has one); ``options`` are ``Task``'s fields."""
+        a model's own queue when it has one); ``options`` are ``Task``'s fields;
+        ``one_image``: the job's image is stored as ``PendingJob.one_image`` says."""
         now = time.time()
         tasks = [
-            Task.of(job_id, image_id, reply_to=reply_to, enqueued_at=now, **options).to_json()
+            Task.of(
+                job_id, image_id, one_image=one_image, reply_to=reply_to, enqueued_at=now, **options
+            ).to_json()
             for image_id in image_ids
         ]
         if tasks:
@@ -380,7 +388,7 @@ class JobStore:
 
     def remove(self, job_id: str, *, keep_marker: bool = False, owner: str = ANONYMOUS) -> int:
         """Delete every object of the job, manifest first (so GET answers 404 at once)."""
-        keys = [layout.manifest_key(job_id), layout.webhook_key(job_id), layout.listing_key(job_id)]
+        keys = list(layout.job_single_keys(job_id))
         if owner != ANONYMOUS:
             keys.append(layout.owner_index_key(owner, job_id))
         for prefix in layout.job_prefixes(job_id):

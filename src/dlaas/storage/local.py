@@ -203,8 +203,12 @@ class LocalStorage(Storage):
         return True
 
     def _prune(self, directory: Path) -> None:
-        """Remove directories the delete left empty, so finished jobs leave no husks."""
-        while directory != self.root and self.root in directory.parents:
+        """Remove directories the delete left empty, so finished jobs leave no husks.
+
+        A folder right under the root is kept: it holds a family of keys that comes back
+        (``inputs/``), and removing it whenever it empties would cost a folder per object.
+        """
+        while directory.parent != self.root and self.root in directory.parents:
             try:
                 directory.rmdir()
             except OSError:

@@ -101,6 +101,7 @@ class Ingest:
             model=model,
             version=target.version if target is not None else None,
             queue=self.route(model) if self.route is not None else None,
+            one_image=job.one_image,
         )
         if self.owner_backlog is not None:
             self.owner_backlog.accepted(job.owner, image_ids)

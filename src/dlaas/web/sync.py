@@ -56,7 +56,7 @@ async def classify(
     """Each image's result record, in order, with its filename and the web tier's hops
     (``started_at``: when the request arrived); ``StillQueued`` on timeout."""
     started_at = time.time() if started_at is None else started_at
-    job = PendingJob(owner=owner)
+    job = PendingJob(owner=owner, one_image=len(images) == 1)
     image_ids = [layout.new_id() for _ in images]
     futures = [hub.expect(image_id) for image_id in image_ids]
     try:

@@ -7,16 +7,19 @@ with the job to poll (``Location``), not an error (docs/api.md).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from dlaas.errors import WebError
 from dlaas.jobs.records import ResultRecord, short_label
 from dlaas.model.index import Target
 from dlaas.web import sync
-from dlaas.web.context import Context, WebContext, owner
+from dlaas.web.context import WebContext, owner
+from dlaas.web.routes.docs import parameter_doc
+from dlaas.web.routes.lean import LeanRoute, context_of, query_number, query_text
 from dlaas.web.uploads import multipart_doc
 
 STILL_QUEUED_DOC: dict[int | str, dict[str, object]] = {
@@ -80,25 +83,43 @@ async def _classify_one(
     )  # fmt: skip
 
 
+TIMEOUT_MAX_S = 3600.0
+TEXT = {"type": "string"}
+
+
+def _parameters(default_timeout_s: float) -> list[dict[str, Any]]:
+    """``/v1/classify``'s query parameters, read by the route itself (``LeanRoute``)."""
+    timeout = {"type": "number", "exclusiveMinimum": 0, "maximum": TIMEOUT_MAX_S}
+    return [
+        parameter_doc(
+            "timeout_s",
+            "query",
+            {**timeout, "default": default_timeout_s},
+            "how long to wait for the answer; then 202 with the job to poll",
+        ),
+        parameter_doc("model", "query", TEXT, "the model (GET /v1/models); default first"),
+        parameter_doc("version", "query", TEXT, "the model's version; default its newest"),
+    ]
+
+
 def build_router(default_timeout_s: float) -> APIRouter:
     """The routes; built per app because ``timeout_s``'s default is a setting the schema shows."""
-    router = APIRouter(tags=["classify"])
+    router = APIRouter(tags=["classify"], route_class=LeanRoute)
 
     @router.post(
         "/v1/classify",
         response_class=JSONResponse,
-        openapi_extra=multipart_doc("file"),
+        openapi_extra={**multipart_doc("file"), "parameters": _parameters(default_timeout_s)},
         responses={**STILL_QUEUED_DOC, **ONE_IMAGE_REFUSALS},
     )
-    async def classify(
-        request: Request,
-        ctx: Context,
-        timeout_s: float = Query(default_timeout_s, gt=0, le=3600),
-        model: str | None = Query(None, description="the model (GET /v1/models); default first"),
-        version: str | None = Query(None, description="the model's version; default its newest"),
-    ) -> JSONResponse:
+    async def classify(request: Request) -> Response:
         """Classify one image (multipart field ``file``) and wait for its top-5."""
         started_at = time.time()
+        ctx = context_of(request)
+        timeout_s = query_number(
+            request, "timeout_s", default_timeout_s, above=0.0, most=TIMEOUT_MAX_S
+        )
+        model, version = query_text(request, "model"), query_text(request, "version")
         target = ctx.models.resolve(model, version)
         filename, data, fields = await ctx.uploads.one_file_fields(request, "file")
         if model is None and fields.get("model"):
@@ -114,10 +135,11 @@ def build_router(default_timeout_s: float) -> APIRouter:
         openapi_extra=multipart_doc("myfile"),
         responses={**STILL_QUEUED_DOC, **ONE_IMAGE_REFUSALS},
     )
-    async def classify_compat(request: Request, ctx: Context) -> Response:
+    async def classify_compat(request: Request) -> Response:
         """Workload-generator compatibility: field ``myfile`` in, top-1 short label out;
         an optional ``model`` field picks the model."""
         started_at = time.time()
+        ctx = context_of(request)
         filename, data, fields = await ctx.uploads.one_file_fields(request, "myfile")
         target = ctx.models.resolve(fields.get("model") or None, fields.get("version") or None)
         timeout_s = ctx.settings.classify_timeout_s
