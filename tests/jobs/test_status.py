@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlaas.jobs.store import JobStatus, job_status
+from dlaas.jobs.status import JobStatus, job_status
 
 
 @pytest.mark.parametrize(

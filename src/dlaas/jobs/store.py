@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 from dlaas.errors import DlaasError, ObjectNotFound
 from dlaas.jobs import layout
@@ -36,68 +36,17 @@ from dlaas.jobs.records import (
     as_result,
     owner_of,
 )
+from dlaas.jobs.status import JobCounts, JobState, JobStatus, job_status
 from dlaas.keys import ANONYMOUS
 from dlaas.queue.base import Queue
 from dlaas.storage.base import Storage
+
+__all__ = ["MAX_PAGE", "JobCounts", "JobState", "JobStatus", "JobStore", "PendingJob", "job_status"]
 
 log = logging.getLogger("dlaas.jobs")
 
 RESULT_CACHE_SIZE = 20_000  # records (about 1 kB each)
 MAX_PAGE = 100
-
-JobState = Literal["running", "complete", "cancelling", "cancelled"]
-
-
-class JobCounts(TypedDict, total=False):
-    total: int
-    queued: int
-    done: int
-    failed: int
-    cancelled: int  # only once the job is cancelled
-    settled: int  # a job over a source, while it runs: images with a result, any status
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """Where a job stands. A cancelled job is ``cancelling`` while any image is queued or
-    in a worker's hands, and ``cancelled`` once every image is done, failed or cancelled."""
-
-    state: JobState
-    counts: JobCounts
-
-    @property
-    def finished(self) -> bool:
-        """Nothing of the job is left to run: the moment its webhook is due."""
-        return self.state in ("complete", "cancelled")
-
-
-def job_status(
-    total: int, statuses: Iterable[str], *, cancelled: bool, listing: bool = False
-) -> JobStatus:
-    """The one rule. A cancelled image's result is proof of the cancel too, for readers
-    that see no cancel marker (an event stream). A job whose source is still being
-    listed (``listing``) is not finished, however many of its images are."""
-    tally = {"done": 0, "failed": 0, "cancelled": 0}
-    for status in statuses:
-        if status in tally:
-            tally[status] += 1
-    cancelled = cancelled or tally["cancelled"] > 0
-    finished = sum(tally.values())
-    counts: JobCounts = {
-        "total": total,
-        "queued": max(0, total - finished),
-        "done": tally["done"],
-        "failed": tally["failed"],
-    }
-    if cancelled:
-        counts["cancelled"] = tally["cancelled"]
-    complete = finished >= total and not listing
-    state: JobState
-    if cancelled:
-        state = "cancelled" if complete else "cancelling"
-    else:
-        state = "complete" if complete else "running"
-    return JobStatus(state, counts)
 
 
 @dataclass
@@ -170,22 +119,34 @@ class JobStore:
         reply_to: str | None,
         *,
         queue: Queue | None = None,
-        one_image: bool = False,
         **options: Any,
     ) -> int:
         """One task per image in one ``send_batch`` to ``queue`` (default the job store's:
-        a model's own queue when it has one); ``options`` are ``Task``'s fields;
-        ``one_image``: the job's image is stored as ``PendingJob.one_image`` says."""
+        a model's own queue when it has one); ``options`` as ``tasks``'."""
+        tasks = self.tasks(job_id, image_ids, reply_to, **options)
+        if tasks:
+            (queue or self.queue).send_batch(tasks)
+        return len(tasks)
+
+    @staticmethod
+    def tasks(
+        job_id: str,
+        image_ids: Iterable[str],
+        reply_to: str | None,
+        *,
+        one_image: bool = False,
+        **options: Any,
+    ) -> list[str]:
+        """The queue bodies of a job's images, to send in one batch (several jobs' may
+        share it); ``options`` are ``Task``'s fields; ``one_image``: the job's image is
+        stored as ``PendingJob.one_image`` says."""
         now = time.time()
-        tasks = [
+        return [
             Task.of(
                 job_id, image_id, one_image=one_image, reply_to=reply_to, enqueued_at=now, **options
             ).to_json()
             for image_id in image_ids
         ]
-        if tasks:
-            (queue or self.queue).send_batch(tasks)
-        return len(tasks)
 
     def enqueue_source(
         self,

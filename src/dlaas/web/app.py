@@ -49,6 +49,7 @@ def create_app(ctx: WebContext) -> FastAPI:
                 ctx.source_jobs.close()
             if dispatcher is not None:
                 await run_in_threadpool(dispatcher.stop)
+            await run_in_threadpool(ctx.ingest.close)
             await run_in_threadpool(ctx.hub.stop)
 
     app = FastAPI(

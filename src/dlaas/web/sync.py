@@ -21,7 +21,7 @@ from dlaas.jobs.messages import Finished
 from dlaas.jobs.records import ResultRecord
 from dlaas.jobs.store import PendingJob
 from dlaas.model.index import Target
-from dlaas.web.ingest import Ingest
+from dlaas.web.ingest import Ingest, SyncCall
 from dlaas.web.replies import ReplyHub
 
 
@@ -60,8 +60,7 @@ async def classify(
     image_ids = [layout.new_id() for _ in images]
     futures = [hub.expect(image_id) for image_id in image_ids]
     try:
-        args = (job, images, image_ids, hub.name, probabilities, target)
-        await run_in_threadpool(ingest.submit_sync, *args)
+        await ingest.submit(SyncCall(job, images, image_ids, hub.name, probabilities, target))
         done, pending = await asyncio.wait(futures, timeout=timeout_s)
     except BaseException:
         for image_id in image_ids:
