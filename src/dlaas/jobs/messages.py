@@ -20,12 +20,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from typing import Literal, TypedDict, Unpack, cast
 
 import orjson
 
 from dlaas.jobs.layout import input_key, source_image_id
 from dlaas.jobs.records import RecordError, ResultRecord, ResultStatus, as_result
+
+
+class ImageOptions(TypedDict, total=False):
+    """How a job's images are to be run, as ``JobStore.enqueue`` passes them on."""
+
+    progress: bool
+    inline_result: bool
+    probabilities: bool
+    model: str | None
+    version: int | None
+
+
+class TaskOptions(ImageOptions, total=False):
+    """``Task``'s optional fields, as ``Task.of`` passes them on."""
+
+    reply_to: str | None
+    enqueued_at: float
 
 
 @dataclass(frozen=True)
@@ -51,13 +68,15 @@ class Task:
     source: str | None = None  # the folder ``key`` is in; None: dlaas's own store
 
     @classmethod
-    def of(cls, job_id: str, image_id: str, *, one_image: bool = False, **options: Any) -> Task:
+    def of(
+        cls, job_id: str, image_id: str, *, one_image: bool = False, **options: Unpack[TaskOptions]
+    ) -> Task:
         """The task for one stored image of a job (``one_image``: see ``layout.input_key``)."""
         key = input_key(job_id, image_id, one_image=one_image)
         return cls(job_id=job_id, image_id=image_id, key=key, **options)
 
     @classmethod
-    def of_source(cls, job_id: str, source: str, key: str, **options: Any) -> Task:
+    def of_source(cls, job_id: str, source: str, key: str, **options: Unpack[TaskOptions]) -> Task:
         """The task for one image at ``key`` in the ``source`` folder; its ID is the key's."""
         return cls(job_id, source_image_id(key), key, source=source, **options)
 
@@ -90,7 +109,8 @@ class Task:
 
     @classmethod
     def from_json(cls, body: str) -> Task:
-        data = _object(body)
+        data = cast(_TaskJson, _object(body))
+        version = data.get("version")
         return cls(
             job_id=str(data["job_id"]),
             image_id=str(data["image_id"]),
@@ -101,7 +121,7 @@ class Task:
             inline_result=bool(data.get("inline_result", False)),
             probabilities=bool(data.get("probabilities", False)),
             model=None if data.get("model") is None else str(data["model"]),
-            version=None if data.get("version") is None else int(data["version"]),
+            version=None if version is None else int(version),
             source=None if data.get("source") is None else str(data["source"]),
         )
 
@@ -153,7 +173,7 @@ Reply = Progress | Finished | Cancelled
 
 def reply_to_json(reply: Reply) -> str:
     if isinstance(reply, Finished):
-        body: dict[str, Any] = {"kind": reply.kind, "result": reply.result, "stored": reply.stored}
+        body: _FinishedJson = {"kind": reply.kind, "result": reply.result, "stored": reply.stored}
         if reply.batch is not None:
             body["batch"] = reply.batch
         return orjson.dumps(body).decode()
@@ -164,7 +184,7 @@ def reply_to_json(reply: Reply) -> str:
 
 def reply_from_json(body: str) -> Reply:
     """The reply in ``body``; ValueError (or KeyError, TypeError) for anything else."""
-    data = _object(body)
+    data = cast(_ReplyJson, _object(body))
     kind = data["kind"]
     if kind == "finished":
         try:
@@ -179,7 +199,41 @@ def reply_from_json(body: str) -> Reply:
     raise ValueError(f"unknown reply kind {kind!r}")
 
 
-def _object(body: str) -> dict[str, Any]:
+class _TaskJson(TypedDict, total=False):
+    """A task message as sent; every field is still converted on the way in."""
+
+    job_id: str
+    image_id: str
+    key: str
+    reply_to: str | None
+    enqueued_at: float
+    progress: bool
+    inline_result: bool
+    probabilities: bool
+    model: str | None
+    version: int | None
+    source: str | None
+
+
+class _FinishedJson(TypedDict, total=False):
+    kind: Literal["finished"]
+    result: ResultRecord
+    stored: bool
+    batch: BatchFigures
+
+
+class _ReplyJson(TypedDict, total=False):
+    """Any reply as sent: ``kind`` says which of the other fields it has."""
+
+    kind: str
+    result: object
+    stored: bool
+    batch: BatchFigures | None
+    job_id: str
+    image_id: str
+
+
+def _object(body: str) -> dict[str, object]:
     """A message body's JSON object; ValueError, as json's, for anything else."""
     data = orjson.loads(body)
     if not isinstance(data, dict):

@@ -19,11 +19,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Unpack
 
 from dlaas.errors import DlaasError, ObjectNotFound
 from dlaas.jobs import layout
-from dlaas.jobs.messages import Task
+from dlaas.jobs.messages import ImageOptions, Task
 from dlaas.jobs.records import (
     CancelMarker,
     ImageEntry,
@@ -119,11 +119,12 @@ class JobStore:
         reply_to: str | None,
         *,
         queue: Queue | None = None,
-        **options: Any,
+        one_image: bool = False,
+        **options: Unpack[ImageOptions],
     ) -> int:
         """One task per image in one ``send_batch`` to ``queue`` (default the job store's:
-        a model's own queue when it has one); ``options`` as ``tasks``'."""
-        tasks = self.tasks(job_id, image_ids, reply_to, **options)
+        a model's own queue when it has one); ``one_image`` and ``options`` as ``tasks``'."""
+        tasks = self.tasks(job_id, image_ids, reply_to, one_image=one_image, **options)
         if tasks:
             (queue or self.queue).send_batch(tasks)
         return len(tasks)
@@ -135,7 +136,7 @@ class JobStore:
         reply_to: str | None,
         *,
         one_image: bool = False,
-        **options: Any,
+        **options: Unpack[ImageOptions],
     ) -> list[str]:
         """The queue bodies of a job's images, to send in one batch (several jobs' may
         share it); ``options`` are ``Task``'s fields; ``one_image``: the job's image is
@@ -156,7 +157,7 @@ class JobStore:
         reply_to: str | None,
         *,
         queue: Queue | None = None,
-        **options: Any,
+        **options: Unpack[ImageOptions],
     ) -> int:
         """One task per source key, in one ``send_batch`` to ``queue`` (as ``enqueue``);
         IDs come from the keys; ``options`` are ``Task``'s fields (model, version)."""
