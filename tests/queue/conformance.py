@@ -85,6 +85,11 @@ def siblings(queue: Queue, *suffixes: str) -> Iterator[list[Queue]]:
 class QueueConformance:
     wait_slack_s: float = 1.0  # how late a timed-out receive may return
     stats_settle_s: float = 2.0  # how long stats may lag behind the truth
+    # A standard SQS queue is at-least-once: concurrent receivers may, rarely, both get
+    # one message (AWS documents it; moto's threaded server does it too). Workers are
+    # built for it (a result is written once, whoever finishes), so there the suite
+    # checks that every message arrives and that copies are rare, not that there are none.
+    at_least_once: bool = False
 
     def settled_stats(self, queue: Queue, accept: Callable[[QueueStats], bool]) -> QueueStats:
         return eventually(queue.stats, accept, self.stats_settle_s)
@@ -337,7 +342,7 @@ class QueueConformance:
             try:
                 while time.monotonic() < deadline:
                     with lock:
-                        if len(seen) >= len(ids):
+                        if len(set(seen)) >= len(ids):
                             return
                     batch = queue.receive(max_messages=5, wait_time_s=1, visibility_timeout_s=30)
                     with lock:
@@ -353,4 +358,9 @@ class QueueConformance:
         for thread in threads:
             thread.join(timeout=30)
         assert errors == []
-        assert sorted(seen) == sorted(ids)  # every message once, none twice
+        assert set(seen) == ids  # every message
+        copies = len(seen) - len(ids)
+        if self.at_least_once:
+            assert copies <= len(ids) // 10, f"{copies} of {len(ids)} messages delivered twice"
+        else:
+            assert copies == 0, sorted(i for i in set(seen) if seen.count(i) > 1)

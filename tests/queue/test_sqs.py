@@ -33,6 +33,7 @@ MOTO_RECEIPTS = (
 class TestSqsMoto(QueueConformance):
     wait_slack_s = 1.0
     stats_settle_s = 2.0
+    at_least_once = True
 
     @pytest.fixture
     def queue(self, moto: Endpoint) -> Iterator[Queue]:
