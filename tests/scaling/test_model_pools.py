@@ -30,10 +30,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
         spec = build_tiny_model(tmp_path_factory.mktemp(name), num_classes=3 + n)
         labels = spec.onnx_path.parent / "labels.txt"
         add_model(root, name, spec.onnx_path, labels, ModelConfig(Preprocessing()))
+    # A worker idles 3 s before it exits, so the 0.2 s polls below see it even when a
+    # loaded machine stalls one of them (a tiny model's 8 images take milliseconds).
     serve = ServeProcess(
         tmp_path_factory.mktemp("serve"),
         ["--model-dir", str(root), "--model", "tiny-a", "--max-workers", "2",
-         "--idle-timeout-s", "1", "--downscale-delay-s", "1", "--scale-interval-s", "0.25"],
+         "--idle-timeout-s", "3", "--downscale-delay-s", "1", "--scale-interval-s", "0.25"],
     )  # fmt: skip
     try:
         serve.wait_ready()
