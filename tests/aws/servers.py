@@ -63,6 +63,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own group, so stop() reaches its children too
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -94,6 +95,18 @@ class Server:
 
 
 _RUNNING: dict[str, Server] = {}
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies. ``atexit`` does not
+    run when a pytest-xdist worker is torn down or killed, and a leaked moto server
+    otherwise outlives the run (Linux only; elsewhere the server is left to ``atexit``)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _start_once(name: str, build: Callable[[], Server]) -> Server:
