@@ -199,19 +199,12 @@ def reply_from_json(body: str) -> Reply:
     raise ValueError(f"unknown reply kind {kind!r}")
 
 
-class _TaskJson(TypedDict, total=False):
+class _TaskJson(TaskOptions, total=False):
     """A task message as sent; every field is still converted on the way in."""
 
     job_id: str
     image_id: str
     key: str
-    reply_to: str | None
-    enqueued_at: float
-    progress: bool
-    inline_result: bool
-    probabilities: bool
-    model: str | None
-    version: int | None
     source: str | None
 
 
