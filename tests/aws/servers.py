@@ -14,6 +14,7 @@ account; ``seaweedfs`` hands each test a bucket of its own.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import shutil
 import signal
@@ -97,16 +98,17 @@ class Server:
 _RUNNING: dict[str, Server] = {}
 
 
+# Loaded here, not in the child: between fork and exec only the call itself is safe.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the test process dies. ``atexit`` does not
     run when a pytest-xdist worker is torn down or killed, and a leaked moto server
     otherwise outlives the run (Linux only; elsewhere the server is left to ``atexit``)."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _start_once(name: str, build: Callable[[], Server]) -> Server:

@@ -173,7 +173,7 @@ Reply = Progress | Finished | Cancelled
 
 def reply_to_json(reply: Reply) -> str:
     if isinstance(reply, Finished):
-        body: _FinishedJson = {"kind": reply.kind, "result": reply.result, "stored": reply.stored}
+        body: _ReplyJson = {"kind": reply.kind, "result": reply.result, "stored": reply.stored}
         if reply.batch is not None:
             body["batch"] = reply.batch
         return orjson.dumps(body).decode()
@@ -206,13 +206,6 @@ class _TaskJson(TaskOptions, total=False):
     image_id: str
     key: str
     source: str | None
-
-
-class _FinishedJson(TypedDict, total=False):
-    kind: Literal["finished"]
-    result: ResultRecord
-    stored: bool
-    batch: BatchFigures
 
 
 class _ReplyJson(TypedDict, total=False):

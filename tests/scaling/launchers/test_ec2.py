@@ -52,6 +52,13 @@ class Fleet:
     def advance(self, seconds: float) -> None:
         self.offset_s += seconds
 
+    def age_to(self, instance_id: str, age_s: float) -> None:
+        """Set the launcher's clock to ``age_s`` after the launch time EC2 recorded (whole
+        seconds), whatever real time has passed since."""
+        reservations = self.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        launched_at = reservations[0]["Instances"][0]["LaunchTime"].timestamp()
+        self.offset_s = launched_at + age_s - time.time()
+
     def heartbeat(self, worker_id: str, state: str, *, age_s: float = 0.0) -> None:
         now = time.time() + self.offset_s
         record = {"worker_id": worker_id, "state": state, "updated_at": now - age_s}
@@ -257,11 +264,11 @@ def test_the_drain_request_survives_a_controller_restart(fleet: Fleet) -> None:
 
 def test_a_worker_that_never_starts_is_terminated_after_the_boot_grace(fleet: Fleet) -> None:
     (stuck,) = fleet.launcher.launch(1)
-    # 10 s short of the 600 s grace: EC2's launch time is whole seconds and a loaded
-    # machine takes real seconds between the calls, so 1 s short was not always short.
-    fleet.advance(590)
+    # Ages from EC2's own launch time: it is whole seconds, and a loaded machine takes
+    # real seconds between calls, so "599 s after the call" was not always short of 600.
+    fleet.age_to(stuck, 599)
     assert fleet.states() == {stuck: (WorkerState.STARTING, None)}
-    fleet.advance(11)
+    fleet.age_to(stuck, 601)
     fleet.launcher.list()
     assert fleet.ec2_state(stuck) == "terminated"
     # It was told to drain first, so a worker starting at that moment takes nothing.
