@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from dlaas.queue import sqlite_db
 from dlaas.queue.sqlite import SqliteQueue
-from dlaas.queue.sqlite_wake import SUPPORTED
+from dlaas.queue.sqlite_wake import SUPPORTED, WakeListener, WakeSender
 
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason="wake-ups use Linux abstract sockets")
 
@@ -189,3 +190,85 @@ def test_a_commit_wakes_only_threads_waiting_on_its_queue(tmp_path: Path) -> Non
     assert db._waiting[replies.name] == 0
     replies.close()
     work.close()
+
+
+def _data_version_checks(queue: SqliteQueue, wait_time_s: float) -> int:
+    """How many times an empty ``receive`` of ``wait_time_s`` read ``PRAGMA data_version``."""
+    db = queue._db
+    real = db._data_version
+    checks = 0
+
+    def counted() -> int:
+        nonlocal checks
+        checks += 1
+        return real()
+
+    db._data_version = counted  # type: ignore[method-assign]
+    try:
+        assert queue.receive(wait_time_s=wait_time_s) == []
+    finally:
+        del db._data_version
+    return checks
+
+
+def test_while_wake_ups_arrive_the_poll_only_backs_them_up(tmp_path: Path) -> None:
+    # given: a receiver on the default 10 ms poll, listening for wake-ups
+    queue = SqliteQueue(tmp_path / "queue.db", "input")
+    assert queue.receive(wait_time_s=0.05) == []
+    # when: it waits 0.5 s on an empty queue
+    checks = _data_version_checks(queue, 0.5)
+    # then: it looked every 0.1 s (WAKE_BACKUP_POLL_S), not every 10 ms
+    assert 1 <= checks <= 7, checks
+    queue.close()
+
+
+def test_a_process_whose_wake_ups_were_dropped_polls_at_its_own_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given: a listening receiver whose row a writer then dropped, as a writer does when its
+    # datagram is refused (another network namespace, say)
+    path = tmp_path / "queue.db"
+    queue = SqliteQueue(path, "input")
+    assert queue.receive(wait_time_s=0.05) == []
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DELETE FROM listeners")
+    monkeypatch.setattr(sqlite_db, "RELISTEN_S", 0.0)
+    # when: it waits again
+    checks = _data_version_checks(queue, 0.5)
+    # then: it listens again, but polls at its own 10 ms, since wake-ups did not reach it
+    assert [name for name, _ in _listeners(path)] == ["input"]
+    assert checks >= 15, checks
+    queue.close()
+
+
+def test_a_listener_reads_its_socket_only_while_a_receiver_waits() -> None:
+    # given: a process's listener for "input", with no receiver waiting (a busy worker)
+    woken: list[str] = []
+    listener = WakeListener(woken.append)
+    listener.names.add("input")
+    sender = WakeSender()
+    try:
+        # when: twenty commits to "input" (and one to a queue it does not listen for) wake it
+        for _ in range(20):
+            assert sender.send([("input", listener.address)]) == []
+        sender.send([("other", listener.address)])
+        time.sleep(0.2)
+        # then: its thread slept through them; they wait in the socket
+        assert woken == []
+        # when: a receiver starts waiting
+        listener.wanted(True)
+        deadline = time.monotonic() + 5
+        while not woken and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        # then: the waiting receiver is woken once for all twenty
+        assert woken == ["input"]
+        # and later wake-ups reach it at once while it waits
+        sender.send([("input", listener.address)])
+        deadline = time.monotonic() + 5
+        while len(woken) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert woken == ["input", "input"]
+    finally:
+        sender.close()
+        listener.close()

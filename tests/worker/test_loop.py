@@ -222,6 +222,35 @@ def test_heartbeat_keeps_a_slow_batch_invisible(
     assert queue.stats().in_flight == 0
 
 
+def test_heartbeat_keeps_a_slow_batch_invisible_after_an_idle_stretch(
+    storage: Storage, queue: Queue, tiny_spec: ModelSpec, small_jpeg: bytes
+) -> None:
+    # given: a worker whose heartbeat thread has run one quick batch, then idled for
+    # several beat intervals (it is not told of the next batch; it looks every interval)
+    enqueue(storage, queue, [small_jpeg])
+    started = threading.Event()
+    slow = SlowClassifier(Classifier(tiny_spec), delay_s=0.0, started=started)
+    worker = make_worker(storage, queue, slow, visibility_timeout_s=1, idle_timeout_s=30)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    assert started.wait(5)
+    time.sleep(1.3)
+    # when: a slow batch comes
+    slow.delay_s, started = 3.5, threading.Event()
+    slow.started = started
+    (task,) = enqueue(storage, queue, [small_jpeg])
+    assert started.wait(5)
+    # then: well past the 1 s visibility timeout, its message is still hidden
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        assert queue.receive(max_messages=1, wait_time_s=0) == []
+        time.sleep(0.2)
+    worker.stop()
+    thread.join(timeout=10)
+    result = storage.get_json(layout.result_key(task.job_id, task.image_id))
+    assert result["status"] == "done"
+
+
 def test_stop_finishes_the_batch_in_hand_and_takes_no_more(
     storage: Storage, queue: Queue, tiny_spec: ModelSpec, small_jpeg: bytes
 ) -> None:

@@ -18,7 +18,6 @@ import os
 import secrets
 import sqlite3
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,7 +71,7 @@ class SqliteQueue(Queue):
 
     def send_batch(self, bodies: Sequence[str]) -> list[str]:
         now = time.time()
-        rows = [(self.name, uuid.uuid4().hex, str(body), now, now) for body in bodies]
+        rows = [(self.name, secrets.token_hex(16), str(body), now, now) for body in bodies]
         if rows:
             self._db.write(
                 lambda c: c.executemany(

@@ -36,7 +36,15 @@ _GONE = (errno.ECONNREFUSED, errno.ENOENT)
 
 
 class WakeListener:
-    """One process's socket for wake-ups; ``on_wake(name)`` runs on its thread."""
+    """One process's socket for wake-ups; ``on_wake(name)`` runs on its thread.
+
+    The thread reads the socket only while a receiver of this process waits
+    (``wanted``). A busy worker never waits, and each of the web tier's enqueues would
+    otherwise wake its thread, preempting inference, for nothing. What arrives meanwhile
+    stays in the socket and is read when a receiver next waits: that receiver wakes once,
+    looks again, and waits on. A full socket refuses further datagrams, which its senders
+    take as "awake anyway" (a receiver that waits finds the queued ones first).
+    """
 
     def __init__(self, on_wake: Callable[[str], None]) -> None:
         self.address = f"dlaas-wake-{uuid.uuid4().hex}"
@@ -44,6 +52,7 @@ class WakeListener:
         self._on_wake = on_wake
         self._pid = os.getpid()
         self._closed = False
+        self._wanted = threading.Event()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             self._sock.bind("\0" + self.address)
@@ -53,15 +62,35 @@ class WakeListener:
         self._thread = threading.Thread(target=self._run, name="sqlite-wake", daemon=True)
         self._thread.start()
 
+    def wanted(self, waiting: bool) -> None:
+        """Whether a receiver of this process waits, so wake-ups are worth reading now."""
+        if waiting:
+            self._wanted.set()
+        else:
+            self._wanted.clear()
+
     def _run(self) -> None:
         while not self._closed:
+            self._wanted.wait()
             try:
-                data = self._sock.recv(MAX_NAME_BYTES)
+                names = {self._sock.recv(MAX_NAME_BYTES)}
+                names |= self._pending()
             except OSError:
                 return
-            name = data.decode("utf-8", "replace")
-            if name in self.names:  # anything else is not ours to act on
-                self._on_wake(name)
+            for data in names:
+                name = data.decode("utf-8", "replace")
+                if name in self.names:  # anything else is not ours to act on
+                    self._on_wake(name)
+
+    def _pending(self) -> set[bytes]:
+        """The datagrams already waiting in the socket: a receiver wakes once for them all."""
+        found: set[bytes] = set()
+        for _ in range(1024):
+            try:
+                found.add(self._sock.recv(MAX_NAME_BYTES, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                break
+        return found
 
     def close(self) -> None:
         """Stop the thread and free the address (in the process that opened it)."""
@@ -71,6 +100,7 @@ class WakeListener:
         if self._pid != os.getpid():
             self._sock.close()  # a forked child's copy: the parent's thread owns the socket
             return
+        self._wanted.set()  # let a parked thread run to its end
         with contextlib.suppress(OSError):
             self._sock.sendto(b"", "\0" + self.address)  # unblock the thread's recv
         self._thread.join(timeout=1.0)
