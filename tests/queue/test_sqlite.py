@@ -244,6 +244,23 @@ def test_one_receive_fills_a_batch_of_sixteen(tmp_path: Path) -> None:
     assert len(queue.receive(max_messages=16)) == 9
 
 
+def test_batches_larger_than_one_statement_go_whole(tmp_path: Path) -> None:
+    # given: 250 messages sent in one batch (sent, taken and deleted 100 rows per statement)
+    queue = open_queue(f"sqlite://{tmp_path}/queue.db")
+    ids = queue.send_batch([str(i) for i in range(250)])
+    # when: all are taken in one receive, and a stale receipt is mixed into the delete
+    batch = queue.receive(max_messages=250)
+    stale = f"{batch[0].receipt.partition('.')[0]}.{'0' * 16}"
+    queue.delete_batch([stale])
+    # then: every one arrived once, with a receipt of its own, and the stale one was ignored
+    assert sorted(m.id for m in batch) == sorted(ids)
+    assert len({m.receipt for m in batch}) == 250
+    assert queue.stats().in_flight == 250
+    queue.delete_batch([m.receipt for m in batch])
+    stats = queue.stats()
+    assert stats.visible == stats.in_flight == 0
+
+
 def test_zero_visibility_receive_does_not_return_a_message_twice(tmp_path: Path) -> None:
     queue = open_queue(f"sqlite://{tmp_path}/queue.db", max_receives=1)
     queue.send_batch(["a", "b", "c"])

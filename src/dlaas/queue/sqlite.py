@@ -18,8 +18,9 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from pathlib import Path
+from typing import TypeVar
 
 from dlaas.errors import QueueError, ReceiptInvalid
 from dlaas.queue.base import (
@@ -35,6 +36,8 @@ from dlaas.queue.sqlite_db import (
     open_database,
     release,
 )
+
+T = TypeVar("T")
 
 
 class SqliteQueue(Queue):
@@ -72,15 +75,17 @@ class SqliteQueue(Queue):
     def send_batch(self, bodies: Sequence[str]) -> list[str]:
         now = time.time()
         rows = [(self.name, secrets.token_hex(16), str(body), now, now) for body in bodies]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            for chunk in _chunks(rows):  # one statement per chunk: see _chunks
+                conn.execute(
+                    "INSERT INTO messages (queue, id, body, sent_at, visible_at) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk)),
+                    [value for row in chunk for value in row],
+                )
+
         if rows:
-            self._db.write(
-                lambda c: c.executemany(
-                    "INSERT INTO messages (queue, id, body, sent_at, visible_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                ),
-                self.name,
-            )
+            self._db.write(insert, self.name)
         return [row[1] for row in rows]
 
     # Receiving ---------------------------------------------------------------
@@ -140,17 +145,18 @@ class SqliteQueue(Queue):
                     " receipt = NULL WHERE seq = ?",
                     [(self._dlq_name, now, row[0]) for row in dead],
                 )
-            updates = []
+            # One token per take: each receipt is "<seq>.<token>", unique by its seq and
+            # unguessable by its token, and one UPDATE sets them all.
+            token = secrets.token_hex(8)
             for seq, message_id, body, sent_at, receive_count in live:
-                receipt = f"{seq}.{secrets.token_hex(8)}"
-                updates.append((now + visibility_timeout_s, receipt, seq))
+                receipt = f"{seq}.{token}"
                 messages.append(Message(message_id, body, receipt, receive_count + 1, sent_at))
                 taken.add(seq)
-            if updates:
-                conn.executemany(
+            for chunk in _chunks([row[0] for row in live]):
+                conn.execute(
                     "UPDATE messages SET visible_at = ?, receive_count = receive_count + 1,"
-                    " receipt = ? WHERE seq = ?",
-                    updates,
+                    f" receipt = seq || '.' || ? WHERE seq IN ({_marks(chunk)})",
+                    (now + visibility_timeout_s, token, *chunk),
                 )
             if not dead:
                 break  # the query gave all it had; only dead-lettering leaves room to refill
@@ -163,12 +169,19 @@ class SqliteQueue(Queue):
 
     def delete_batch(self, receipts: Sequence[str]) -> None:
         keys = [key for key in (self._parse(r) for r in receipts) if key is not None]
-        if keys:
-            self._db.write(
-                lambda c: c.executemany(
-                    "DELETE FROM messages WHERE seq = ? AND queue = ? AND receipt = ?", keys
+
+        def delete(conn: sqlite3.Connection) -> None:
+            # A receipt names its own seq, so "seq in the set and receipt in the set" is
+            # "this seq with this receipt", pair by pair, in one statement per chunk.
+            for chunk in _chunks(keys):
+                conn.execute(
+                    f"DELETE FROM messages WHERE queue = ? AND seq IN ({_marks(chunk)})"
+                    f" AND receipt IN ({_marks(chunk)})",
+                    (self.name, *(k[0] for k in chunk), *(k[2] for k in chunk)),
                 )
-            )
+
+        if keys:
+            self._db.write(delete)
 
     def _change_visibility(self, receipt: str, visibility_timeout_s: float) -> None:
         key = self._parse(receipt)
@@ -236,3 +249,18 @@ class SqliteQueue(Queue):
         if not self._closed:
             self._closed = True
             release(self._db)
+
+
+def _chunks(items: Sequence[T], size: int = 100) -> list[Sequence[T]]:
+    """``items`` in runs of at most ``size``, for one statement each.
+
+    One multi-row statement instead of ``executemany``: every statement or row steps in C
+    with the GIL released, and beside a busy thread each release can cost the 5 ms switch
+    interval while this transaction holds the queue's write lock (docs/performance.md).
+    100 rows of 5 values stay well under SQLite's oldest limit of 999 variables.
+    """
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _marks(chunk: Sized) -> str:
+    return ", ".join("?" * len(chunk))
