@@ -82,7 +82,6 @@ class _Database:
         # Threads of this process waiting on each queue: a commit wakes them only if its
         # queue has one (the web tier's enqueue used to wake its idle reply reader each time).
         self._waiting: dict[str, int] = {}
-        self._waiting_total = 0  # the listener reads its socket only while this is > 0
         self._listener: WakeListener | None = None
         self._listen_lock = threading.Lock()
         self._listening: dict[str, float] = {}  # queue name -> when its row was last checked
@@ -302,15 +301,13 @@ class _Database:
                 if self._local_versions.get(name, 0) != seen[0]:
                     return
                 self._waiting[name] = self._waiting.get(name, 0) + 1
-                self._waiting_total += 1
-                if self._listener is not None:
+                if self._listener is not None:  # it reads its socket only while we wait
                     self._listener.wanted(True)
                 try:
                     self._changed.wait(min(next_check, end) - now)
                 finally:
                     self._waiting[name] -= 1
-                    self._waiting_total -= 1
-                    if self._listener is not None and not self._waiting_total:
+                    if self._listener is not None and not any(self._waiting.values()):
                         self._listener.wanted(False)  # a busy worker is not woken for nothing
                 if self._local_versions.get(name, 0) != seen[0]:
                     return

@@ -64,7 +64,7 @@ def create_app(ctx: WebContext) -> FastAPI:
     app.state.context = ctx
     _add_error_handlers(app)
     # The synchronous routes first: each request walks the routes in order, and these take
-    # most of the traffic (no other route shares their paths and methods).
+    # most of the traffic (no other route takes the same path with the same method).
     app.include_router(classify.build_router(ctx.settings.classify_timeout_s))
     app.include_router(jobs.router)
     app.include_router(
