@@ -25,8 +25,12 @@ import numpy as np
 
 from common import ROOT  # noqa: F401  (puts src/ on sys.path)
 
-PEER_SCRIPTS = {"peer": "peer_fastapi.py", "litserve": "peer_litserve.py"}
-PEER_READY = {"peer": "/readyz", "litserve": "/health"}
+PEER_SCRIPTS = {
+    "peer": "peer_fastapi.py",
+    "litserve": "peer_litserve.py",
+    "minimal": "peer_minimal.py",
+}
+PEER_READY = {"peer": "/readyz", "litserve": "/health", "minimal": "/readyz"}
 
 
 @dataclass

@@ -1,12 +1,15 @@
 """dlaas next to what it must beat, side by side in one run.
 
-Five systems classify the same mixed-size photos, one per request, from the same
+Six systems classify the same mixed-size photos, one per request, from the same
 64-thread client on this box, a user's client: ``requests`` with one keep-alive Session per
 thread, every answer parsed (``--client-kind lean`` for a bare http.client that parses
 nothing):
 
 - bare:     the decode+ORT loop, one process per core, one thread each, no I/O, at its
             faster ORT batch (1 or 8, both timed each round; bench/peers.py);
+- minimal:  the bare loop's code behind the thinnest HTTP server (raw ASGI on uvicorn, one
+            process per core, nothing checked): the ceiling for any service here
+            (bench/peer_minimal.py);
 - peer:     a plain FastAPI app doing decode+ORT in its handler (bench/peer_fastapi.py);
 - litserve: LitServe, one inference worker per core, batching 8 within 10 ms
             (bench/peer_litserve.py);
@@ -60,7 +63,7 @@ from common import (
 from peers import PEER_SCRIPTS, bare_best, peer_process
 from triton_load import triton_img_s
 
-SYSTEMS = ("bare", "peer", "litserve", "fixed", "elastic")
+SYSTEMS = ("bare", "minimal", "peer", "litserve", "fixed", "elastic")
 PEERS = tuple(PEER_SCRIPTS)
 # (numerator, denominator, bar, goal): the bar must hold; the goal is where we aim.
 RATIOS = (
@@ -72,6 +75,9 @@ RATIOS = (
     ("elastic", "bare", 0.85, 0.92),
     ("fixed", "bare", 0.85, 0.92),
 )
+# Read, not judged: how near the thinnest HTTP server around the bare loop gets to it (the
+# ceiling for any service on this box and client), and how near dlaas gets to that.
+CEILING_RATIOS = (("minimal", "bare"), ("elastic", "minimal"), ("fixed", "minimal"))
 WORKER_CPU_BAR = 1.05  # the workers' CPU per image over the bare loop's, same round
 WEB_CPU_BAR_MS = 2.0
 PSS_GOAL_MB = 550.0  # all dlaas processes, 2 workers
@@ -150,6 +156,7 @@ def median_pairs(
 def _names(args: argparse.Namespace) -> dict[str, str]:
     return {
         "bare": f"bare decode+ORT loop ({cpu_count()} proc x 1 thread)",
+        "minimal": "minimal HTTP around the bare loop",
         "peer": "FastAPI peer (1 process, sync handler)",
         "litserve": f"LitServe ({cpu_count()} workers, batch 8 / 10 ms)",
         "fixed": f"dlaas serve --workers {args.workers}",
@@ -197,6 +204,16 @@ def _report_ratios(
             f"  (bar >= {bar:.2f}{aim}) {verdict}"
         )
         out["ratios"][f"{num}/{den}"] = {"median": med, "pairs": pairs, "bar": bar, "goal": goal}
+    for num, den in CEILING_RATIOS:
+        found = median_pairs(rounds, num, den)
+        if found is not None:
+            med, pairs = found
+            what = "the ceiling" if num == "minimal" else "of the ceiling"
+            print(
+                f"  {num + '/' + den:17s} {med:5.2f}x  "
+                f"pairs {[round(x, 2) for x in pairs]}  ({what})"
+            )
+            out["ratios"][f"{num}/{den}"] = {"median": med, "pairs": pairs, "goal": None}
     found = median_pairs(rounds, "fixed-q", "fixed")
     if found is not None:
         med, pairs = found
@@ -228,7 +245,7 @@ def _report_cpu(rounds: list[dict[str, Measure]], out: dict[str, Any], n: int) -
         total = sum(per.values())
         if system == "peer":
             text = f"app {per['web']:.1f}, client {per['client']:.1f}"
-        elif system == "litserve":  # its HTTP servers and workers are all children
+        elif system in ("litserve", "minimal"):  # processes below the one started
             text = f"all processes {per['web'] + per['workers']:.1f}, client {per['client']:.1f}"
         else:
             text = (
@@ -246,6 +263,13 @@ def _report_cpu(rounds: list[dict[str, Measure]], out: dict[str, Any], n: int) -
         return
     bare = [r["bare"].bare_cpu_ms for r in rounds]
     print(f"  bare     {statistics.median(bare):.1f} (its processes' own CPU, no I/O)")
+    if "minimal" in rounds[0]:  # its processes do the bare loop's work and HTTP beside the client
+        pairs = [_all_cpu_ms(r["minimal"], n) / r["bare"].bare_cpu_ms for r in rounds]
+        print(
+            f"  minimal  processes' CPU per image / bare's: {statistics.median(pairs):.3f}x  "
+            f"pairs {[round(x, 3) for x in pairs]}  (the bare loop's work + HTTP, client alongside)"
+        )
+        out["ratios"]["minimal cpu/bare cpu"] = {"median": statistics.median(pairs), "pairs": pairs}
     for system in [s for s in ("fixed", "elastic") if s in rounds[0]]:
         pairs = [r[system].cpu_s["workers"] * 1000 / n / r["bare"].bare_cpu_ms for r in rounds]
         med = statistics.median(pairs)
@@ -255,6 +279,10 @@ def _report_cpu(rounds: list[dict[str, Measure]], out: dict[str, Any], n: int) -
             f"pairs {[round(x, 3) for x in pairs]}  (bar <= {WORKER_CPU_BAR}) {verdict}"
         )
         out["ratios"][f"{system} worker cpu/bare cpu"] = {"median": med, "pairs": pairs}
+
+
+def _all_cpu_ms(m: Measure, n: int) -> float:
+    return (m.cpu_s["web"] + m.cpu_s["workers"]) * 1000 / n
 
 
 def _report_pss(rounds: list[dict[str, Measure]], out: dict[str, Any]) -> None:
