@@ -10,7 +10,7 @@ from PIL import Image
 
 from dlaas.errors import ImageError, ModelError
 from dlaas.model import Classifier, ModelSpec, Prediction, build_tiny_model
-from dlaas.model.classifier import softmax
+from dlaas.model.classifier import batching_pays, softmax
 from tests.conftest import jpeg_bytes
 
 
@@ -139,3 +139,19 @@ def test_the_run_size_is_measured_when_not_given(tiny_spec: ModelSpec) -> None:
     assert chosen in (1, 8)
     assert clf.run_batch_size == chosen
     assert clf.set_run_batch_size(0, largest=1) == 1  # nothing to compare
+
+
+@pytest.mark.parametrize(
+    ("ratios", "batch"),
+    [
+        ([0.5, 0.55, 0.6], True),  # a GPU or VNNI: batching clearly pays
+        ([0.85, 0.88, 0.89, 0.95, 1.2], True),  # the median pair saves over 10%
+        ([0.97, 1.0, 1.03], False),  # a tie (AVX2 without VNNI): run one at a time
+        ([0.93, 0.94, 0.96, 1.1, 0.7], False),  # saves 6%: not clearly enough
+        ([0.9, 0.9, 0.9], False),  # exactly the margin is not under it
+        ([0.6, 1.2, 1.3], False),  # one lucky pair does not decide
+        ([], False),  # nothing timed
+    ],
+)
+def test_batching_must_pay_clearly_in_the_median_pair(ratios: list[float], batch: bool) -> None:
+    assert batching_pays(ratios) is batch
