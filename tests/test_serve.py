@@ -44,6 +44,8 @@ def test_cat_photo_gets_a_cat_label(server: ServeProcess, photo: Callable[[str],
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     assert response.text in CAT_LABELS
+    assert "server" not in response.headers  # the software behind it is nobody's business
+    assert "date" in response.headers  # an origin server with a clock sends one (RFC 9110)
 
 
 def test_100_concurrent_workload_generator_requests(
