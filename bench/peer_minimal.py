@@ -107,8 +107,7 @@ def main() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
-    sock.listen(256)
-    sock.set_inheritable(True)
+    sock.listen(256)  # forked children accept on it
     children = [
         mp.get_context("fork").Process(target=_serve, args=(sock, args.model_dir))
         for _ in range(args.processes)

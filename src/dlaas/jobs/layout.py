@@ -29,7 +29,6 @@ in age order, and the janitor tells a job's age without reading anything.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -79,7 +78,7 @@ def new_job_id() -> str:
     job's age from its keys alone, without reading its manifest.
     """
     ms = int(time.time() * 1000) & (2**48 - 1)
-    rand = int.from_bytes(os.urandom(16))
+    rand = secrets.randbits(128)
     value = (ms << 80) | (0x7 << 76) | ((rand >> 64) & 0xFFF) << 64
     value |= (0b10 << 62) | (rand & (2**62 - 1))
     return f"{value:032x}"
