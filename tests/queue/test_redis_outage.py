@@ -115,7 +115,7 @@ def job(url: str, job_id: str) -> dict[str, Any]:
 
 
 def run_through_an_outage(
-    server: RedisServer, tmp_path: Path, jpeg: bytes, outage: Callable[[], None]
+    server: RedisServer, tmp_path: Path, jpeg: bytes, outage: Callable[[ServeProcess], None]
 ) -> None:
     """Accept a job, break Redis while its batches run, and check every image completes."""
     model = build_tiny_model(tmp_path / "model")
@@ -134,7 +134,7 @@ def run_through_an_outage(
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
         assert job(serve.url, job_id)["status"] != "complete", "the outage would come too late"
-        outage()
+        outage(serve)
         deadline = time.monotonic() + 90
         status = job(serve.url, job_id)
         while status["status"] != "complete" and time.monotonic() < deadline:
@@ -154,10 +154,21 @@ def run_through_an_outage(
 def test_serve_loses_nothing_when_connections_drop_mid_job(
     redis_fresh: RedisServer, tmp_path: Path, small_jpeg: bytes
 ) -> None:
-    def outage() -> None:
-        for _ in range(3):
+    def outage(serve: ServeProcess) -> None:
+        """Drop every connection, again and again, until a drop has cut a call in flight.
+
+        redis-py checks a pooled connection when it takes it and reconnects without a word,
+        so a drop that finds every connection idle (workers between calls) is harmless and
+        unseen. Only a call on the wire when the drop lands breaks; a few drops 0.2 s apart
+        missed every one in a CI run, so the drops go on every 50 ms until one is seen. Once
+        the job is done the workers wait in a blocking read, which the next drop cuts.
+        """
+        drops, give_up_at = 0, time.monotonic() + 20
+        while drops < 3 or "redis_reconnecting" not in serve.log_path.read_text():
+            assert time.monotonic() < give_up_at, "no drop cut a call in flight in 20 s"
             assert redis_fresh.drop_clients() >= 1
-            time.sleep(0.2)
+            drops += 1
+            time.sleep(0.05)
 
     run_through_an_outage(redis_fresh, tmp_path, small_jpeg, outage)
 
@@ -166,7 +177,7 @@ def test_serve_loses_nothing_when_connections_drop_mid_job(
 def test_serve_loses_nothing_when_redis_with_aof_restarts_mid_job(
     redis_aof: RedisServer, tmp_path: Path, small_jpeg: bytes
 ) -> None:
-    def outage() -> None:
+    def outage(_serve: ServeProcess) -> None:
         redis_aof.kill()
         time.sleep(1.0)
         redis_aof.start()
