@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import sys
 
-from dlaas.logs import JsonFormatter
+import pytest
+
+from dlaas.logs import JsonFormatter, configure_logging
 
 
 def record(msg: str, **extra: object) -> logging.LogRecord:
@@ -53,3 +56,25 @@ def test_an_exception_travels_in_the_line() -> None:
         failed.exc_info = sys.exc_info()
     body = json.loads(JsonFormatter().format(failed))
     assert "ValueError: boom" in body["exc"]
+
+
+def test_lines_follow_stderr_when_it_is_swapped_after_set_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Set up against one stderr that is later closed, log against another: the line goes
+    to the stderr of the moment, and nothing complains of a closed file."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr(sys, "stderr", first)
+        configure_logging("info")
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("dlaas.worker").info("worker_ready", extra={"worker_id": "w1"})
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    body = json.loads(second.getvalue())
+    assert (body["event"], body["worker_id"]) == ("worker_ready", "w1")
+    assert "Logging error" not in second.getvalue()

@@ -52,9 +52,30 @@ class JsonFormatter(logging.Formatter):
             return json.dumps(line, default=str, separators=(",", ":"))
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes, not what it was at set-up.
+
+    A program that swaps stderr after configuring logs (a test harness capturing output, an
+    embedding app redirecting it) would otherwise leave every later line, from any thread,
+    writing into a stream that may be closed by then; the standard library's own last-resort
+    handler follows ``sys.stderr`` the same way.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        """The base class sets it once at set-up; the property reads it fresh instead."""
+
+
 def configure_logging(level: str = "info") -> None:
     """Send dlaas's logs to stderr as JSON lines; quiet the access log's per-request noise."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
