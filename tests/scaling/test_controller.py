@@ -77,6 +77,33 @@ def test_cold_start_launches_up_to_max_and_counts_starting_workers(
     assert (second.starting, second.desired, second.action) == (3, 3, "none")
 
 
+def test_stats_show_the_fleet_as_the_round_left_it(
+    queue: Queue, launcher: MemoryLauncher, clock: Clock
+) -> None:
+    """A worker launched from zero is starting in ``/v1/stats`` at once, not a round later
+    (a tiny job can finish inside that round); a drained one is draining at once."""
+    controller = make(queue, launcher, clock, downscale_delay_s=0.0)
+    queue.send_batch(["m"])
+    assert controller.step().action == "launch 1"
+    assert controller.stats()["workers"] == {
+        "desired": 1, "running": 0, "starting": 1, "draining": 0,
+    }  # fmt: skip
+    assert controller.history()[-1]["starting"] == 0  # history keeps what the round saw
+
+    (only,) = [w.id for w in launcher.list()]
+    launcher.set_running(only)
+    extra = running(launcher, 1, clock)  # one more running, and a third still starting
+    launcher.launch(1)
+    (message,) = queue.receive(max_messages=1, visibility_timeout_s=60)
+    queue.delete_batch([message.receipt])
+    clock.now += 1
+    drained = controller.step()
+    assert drained.action == "drain 3" and set(extra) <= set(drained.drained)
+    assert controller.stats()["workers"] == {
+        "desired": 0, "running": 0, "starting": 0, "draining": 3,
+    }  # fmt: skip
+
+
 def test_in_flight_messages_keep_their_workers(
     queue: Queue, launcher: MemoryLauncher, clock: Clock
 ) -> None:

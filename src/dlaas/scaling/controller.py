@@ -44,6 +44,7 @@ class Decision:
     pending: str | None = None  # e.g. "down to 1": a change waiting out its delay
     pending_for_s: float = 0.0
     held_back: int = 0  # launches skipped because new workers keep failing to start
+    drained_starting: int = 0  # of ``drained``, those that were still starting
 
     @property
     def action(self) -> str:
@@ -54,6 +55,18 @@ class Decision:
         if self.held_back:
             return f"hold {self.held_back} (start-up failures)"
         return "none"
+
+    def fleet_after(self) -> dict[str, int]:
+        """The fleet as this round left it: what it launched is starting, what it drained is
+        draining. ``running``/``starting``/``draining`` are what the round saw before acting,
+        so reading them alone, a worker launched from zero stayed invisible for a round."""
+        drained_running = len(self.drained) - self.drained_starting
+        return {
+            "desired": self.desired,
+            "running": self.running - drained_running,
+            "starting": self.starting + len(self.launched) - self.drained_starting,
+            "draining": self.draining + len(self.drained),
+        }
 
     def point(self) -> dict[str, Any]:
         """The history entry: JSON-ready numbers only."""
@@ -143,6 +156,7 @@ class Controller:
             drained = pick_drain(workers, current - desired)
             self.launcher.drain(drained)
             self._drained.update(drained)
+        was_starting = {w.id for w in workers if w.state == WorkerState.STARTING}
 
         decision = Decision(
             time_s=now,
@@ -159,6 +173,7 @@ class Controller:
             pending=self._describe_pending(),
             pending_for_s=now - self._state.since_s if self._state.direction else 0.0,
             held_back=held_back,
+            drained_starting=len(was_starting.intersection(drained)),
         )
         self._record(decision)
         return decision
@@ -281,12 +296,11 @@ class Controller:
             "oldest_age_s": last.oldest_age_s if last else 0.0,
             "dead_lettered": last.dead_lettered if last else 0,
         }
-        workers = {
-            "desired": last.desired if last else 0,
-            "running": last.running if last else 0,
-            "starting": last.starting if last else 0,
-            "draining": last.draining if last else 0,
-        }
+        workers = (
+            last.fleet_after()
+            if last
+            else {"desired": 0, "running": 0, "starting": 0, "draining": 0}
+        )
         return {
             "queue": queue,
             "workers": workers,
