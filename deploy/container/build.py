@@ -135,6 +135,29 @@ def available(name: str, image: str) -> bool:
     return exists(name, image) or run(pull, engine_env(name), timeout_s=PULL_TIMEOUT_S)
 
 
+def firewall_tool() -> str | None:
+    """``iptables`` or ``nft``, wherever Debian puts them (``/usr/sbin`` is not on every PATH)."""
+    for tool in ("iptables", "nft"):
+        found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+        if found:
+            return found
+    return None
+
+
+def check_network(name: str) -> None:
+    """Rootful podman gives each build step and container a bridge network that its network
+    backend (netavark, or CNI) wires with iptables. Debian's netavark does not depend on
+    iptables, so a minimal host can lack it, and then the first ``RUN`` dies with
+    "netavark: No such file or directory". Rootless podman uses a user-mode network instead.
+    """
+    if Path(name).name != "podman" or os.geteuid() != 0 or firewall_tool() is not None:
+        return
+    raise BuildError(
+        "podman runs as root here and wires its container networks with iptables, which is "
+        "not installed: apt-get install iptables"
+    )
+
+
 def debian_base(name: str, suite: str) -> str:
     """``localhost/dlaas-base:SUITE`` from Debian's packages, made once and then reused."""
     tag = f"localhost/dlaas-base:{suite}"
@@ -189,6 +212,7 @@ def _local_path(key: str, value: str) -> bool:
 
 def build(args: argparse.Namespace) -> None:
     name = engine()
+    check_network(name)
     base = args.base_image
     if not available(name, base):
         print(f"{base} is not here and cannot be pulled: using a Debian {args.suite} base")

@@ -50,12 +50,20 @@ PLAYED_KINDS = ("ConfigMap", "Deployment")
 BUILD_TIMEOUT_S = 900.0
 
 
+def has_firewall_tool() -> bool:
+    """iptables or nft, which rootful podman's networks need (Debian keeps them in sbin)."""
+    path = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"
+    return any(shutil.which(tool, path=path) for tool in ("iptables", "nft"))
+
+
 def need_podman() -> None:
     missing = [tool for tool in ("podman", "catatonit") if shutil.which(tool) is None]
+    if os.geteuid() == 0 and not has_firewall_tool():
+        missing.append("iptables")  # rootful podman's networks need it
     need(
         not missing,
         f"{', '.join(missing)} not installed (apt-get install podman runc catatonit "
-        "mmdebstrap netavark aardvark-dns)",
+        "mmdebstrap netavark aardvark-dns iptables)",
     )
 
 
