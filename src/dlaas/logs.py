@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -52,7 +52,7 @@ class JsonFormatter(logging.Formatter):
             return json.dumps(line, default=str, separators=(",", ":"))
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler[TextIO]):
     """Writes to whatever ``sys.stderr`` is when a record comes, not what it was at set-up.
 
     A program that swaps stderr after configuring logs (a test harness capturing output, an
@@ -65,11 +65,11 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(sys.stderr)
 
     @property
-    def stream(self) -> Any:
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, _value: Any) -> None:
+    def stream(self, _value: TextIO) -> None:
         """The base class sets it once at set-up; the property reads it fresh instead."""
 
 

@@ -144,6 +144,7 @@ class Controller:
         current = running + starting
         launched: list[str] = []
         drained: list[str] = []
+        drained_starting = 0
         held_back = 0
         if desired > current:
             if now >= self._launch_not_before_s:
@@ -156,7 +157,9 @@ class Controller:
             drained = pick_drain(workers, current - desired)
             self.launcher.drain(drained)
             self._drained.update(drained)
-        was_starting = {w.id for w in workers if w.state == WorkerState.STARTING}
+            drained_starting = sum(
+                w.state == WorkerState.STARTING and w.id in drained for w in workers
+            )
 
         decision = Decision(
             time_s=now,
@@ -173,7 +176,7 @@ class Controller:
             pending=self._describe_pending(),
             pending_for_s=now - self._state.since_s if self._state.direction else 0.0,
             held_back=held_back,
-            drained_starting=len(was_starting.intersection(drained)),
+            drained_starting=drained_starting,
         )
         self._record(decision)
         return decision
